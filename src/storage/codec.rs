@@ -1,0 +1,35 @@
+//! The one binary encoding used for log entries, metadata, snapshots and replication messages.
+//!
+//! bincode is compact and fast, and openraft's types derive serde, so the same encoding serves
+//! the disk and the wire. Decoding is bounded so a corrupt length prefix cannot make us allocate
+//! without limit.
+
+use bincode::Options;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest value any single record may decode to (a snapshot chunk, a batch of entries).
+const DECODE_LIMIT: u64 = 1 << 32;
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(DECODE_LIMIT)
+}
+
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+    options().serialize(value)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    options().deserialize(bytes)
+}
+
+/// Big-endian key for a log index, so sled's byte order is log order.
+pub fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Inverse of [`index_key`]; `None` for a key that is not 8 bytes long (a damaged tree).
+pub fn key_index(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
+}

@@ -1,0 +1,248 @@
+//! The Raft log in sled, following openraft's storage contract:
+//! - `append` hands its callback to a flusher task that calls it only once the entries are on
+//!   disk; every append waiting at that moment shares one flush (group commit),
+//! - `save_vote` is flushed before it returns,
+//! - `truncate(id)` removes `[id.index, ∞)` and `purge(id)` removes `[0, id.index]` after
+//!   persisting the purge marker.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use tokio::sync::mpsc;
+
+use super::codec::{self, index_key, key_index};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+pub(crate) const LOG_TREE: &str = "raft_log";
+pub(crate) const META_TREE: &str = "raft_meta";
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+
+/// Handle to the sled-backed log. Clones share the same trees and flusher.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    /// Opens the log trees and starts the flusher task (so it must run inside a tokio runtime).
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        let (flusher, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run_flusher(db.clone(), pending));
+        Ok(Self {
+            db: db.clone(),
+            log: db.open_tree(LOG_TREE)?,
+            meta: db.open_tree(META_TREE)?,
+            flusher,
+        })
+    }
+
+    /// Decodes the records read at start-up, so damage is reported before Raft starts.
+    pub fn check_readable(&self) -> Result<(), StorageError> {
+        self.read_meta::<Vote<NodeId>>(KEY_VOTE, ErrorSubject::Vote)?;
+        self.read_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?;
+        self.read_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Store)?;
+        if let Some(first) = self.log.first().map_err(read_logs)? {
+            decode_entry(&first.0, &first.1)?;
+        }
+        self.last_log_id()?;
+        Ok(())
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<Option<T>, StorageError> {
+        let io_err = |e: String| io_error(subject.clone(), ErrorVerb::Read, e);
+        match self.meta.get(key).map_err(|e| io_err(e.to_string()))? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(
+                codec::decode(&bytes).map_err(|e| io_err(e.to_string()))?,
+            )),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), StorageError> {
+        let io_err = |e: String| io_error(subject.clone(), ErrorVerb::Write, e);
+        let bytes = codec::encode(value).map_err(|e| io_err(e.to_string()))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| io_err(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_error(subject, ErrorVerb::Write, e.to_string()))?;
+        Ok(())
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.log.last().map_err(read_logs)? {
+            None => Ok(None),
+            Some((key, value)) => Ok(Some(decode_entry(&key, &value)?.log_id)),
+        }
+    }
+
+    /// Removes every entry whose index lies in `range`, in one sled batch.
+    fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(range) {
+            let (key, _) = item.map_err(write_logs)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(write_logs)?;
+        Ok(())
+    }
+}
+
+/// Flushes sled for every batch of appends waiting and then acknowledges them in order.
+///
+/// One flush covers every write made before it, so all callbacks queued while a flush runs are
+/// answered by the next one: many client writes share one disk sync.
+async fn run_flusher(db: sled::Db, mut pending: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    let mut waiting = Vec::new();
+    while pending.recv_many(&mut waiting, 1024).await > 0 {
+        let result = db.flush_async().await;
+        for callback in waiting.drain(..) {
+            let outcome = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(outcome);
+        }
+    }
+}
+
+fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, message: String) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::error(message)).into()
+}
+
+fn read_logs(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_logs(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
+    let entry: Entry = codec::decode(value).map_err(read_logs)?;
+    if key_index(key) != Some(entry.log_id.index) {
+        let msg = format!(
+            "log key {key:?} does not match entry index {}",
+            entry.log_id.index
+        );
+        return Err(read_logs(std::io::Error::other(msg)));
+    }
+    Ok(entry)
+}
+
+fn to_key_bounds(range: &impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
+    let map = |b: Bound<&u64>| match b {
+        Bound::Included(i) => Bound::Included(index_key(*i)),
+        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (map(range.start_bound()), map(range.end_bound()))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut entries = Vec::new();
+        for item in self.log.range(to_key_bounds(&range)) {
+            let (key, value) = item.map_err(read_logs)?;
+            entries.push(decode_entry(&key, &value)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.read_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Store)?;
+        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
+        self.flush(ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    /// Not flushed on its own: the committed id only speeds up re-applying after a restart, and
+    /// the next append's flush persists it.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(write_logs)?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(write_logs)?;
+        self.flusher
+            .send(callback)
+            .map_err(|_| write_logs(std::io::Error::other("log flusher stopped")))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_range(index_key(log_id.index)..)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The marker must be durable before entries disappear, or a crash in between would
+        // leave a log whose start is unknown.
+        self.write_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Store)?;
+        self.flush(ErrorSubject::Store).await?;
+        self.remove_range(..=index_key(log_id.index))
+    }
+}

@@ -1,0 +1,120 @@
+//! Persistence: the Raft log (vote, entries, committed id, purge marker) and snapshots in one
+//! sled database per node, and the in-memory state machine rebuilt from them on start.
+//!
+//! sled layout (all keys of `log` are big-endian u64 log indexes so that sled's byte order is log
+//! order):
+//! - tree `raft_log`: index → bincode `Entry`
+//! - tree `raft_meta`: `vote`, `committed`, `last_purged`, `format` → bincode values
+//! - tree `snapshot`: `current` → bincode [`state_machine::StoredSnapshot`]
+
+pub mod codec;
+pub mod log_store;
+pub mod state_machine;
+
+use std::path::{Path, PathBuf};
+
+pub use log_store::LogStore;
+pub use state_machine::{KvReader, StateMachineStore, StoredValue};
+
+/// Version of the on-disk layout above; bumped when it changes incompatibly.
+const FORMAT_VERSION: u32 = 1;
+
+/// Why a data directory could not be opened, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data dir {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "cannot open the database in {path}: {source} (is another raftkv process using this data dir?)"
+    )]
+    Locked { path: PathBuf, source: sled::Error },
+    #[error("cannot open the database in {path}: {reason} (the data dir looks damaged)")]
+    Damaged { path: PathBuf, reason: String },
+    #[error(
+        "data dir {path} was written by an incompatible raftkv (layout version {found}, this build reads {FORMAT_VERSION})"
+    )]
+    Version { path: PathBuf, found: u32 },
+}
+
+/// Opens (or creates) the sled database of a node and builds its log store and state machine.
+///
+/// Every record the node will need at start (vote, log bounds, snapshot) is decoded here once, so
+/// a damaged directory is reported before Raft starts rather than as a fatal error later.
+pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(OpenError::NotADirectory {
+            path: data_dir.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let db_path = data_dir.join("sled");
+    let db = sled::Config::new()
+        .path(&db_path)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|source| classify_open_error(&db_path, source))?;
+
+    let damaged = |reason: String| OpenError::Damaged {
+        path: db_path.clone(),
+        reason,
+    };
+    check_format(&db, &db_path)?;
+    let log_store = LogStore::open(&db).map_err(|e| damaged(e.to_string()))?;
+    log_store
+        .check_readable()
+        .map_err(|e| damaged(e.to_string()))?;
+    let state_machine = StateMachineStore::open(&db).map_err(|e| damaged(e.to_string()))?;
+    Ok((log_store, state_machine))
+}
+
+fn classify_open_error(path: &Path, source: sled::Error) -> OpenError {
+    match &source {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => OpenError::Locked {
+            path: path.to_path_buf(),
+            source,
+        },
+        sled::Error::Io(io) if io.to_string().contains("lock") => OpenError::Locked {
+            path: path.to_path_buf(),
+            source,
+        },
+        _ => OpenError::Damaged {
+            path: path.to_path_buf(),
+            reason: source.to_string(),
+        },
+    }
+}
+
+fn check_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
+    let damaged = |reason: String| OpenError::Damaged {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = db
+        .open_tree(log_store::META_TREE)
+        .map_err(|e| damaged(e.to_string()))?;
+    match meta.get("format").map_err(|e| damaged(e.to_string()))? {
+        Some(bytes) => {
+            let found: u32 = codec::decode(&bytes).map_err(|e| damaged(e.to_string()))?;
+            if found != FORMAT_VERSION {
+                return Err(OpenError::Version {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+        }
+        None => {
+            let bytes = codec::encode(&FORMAT_VERSION).map_err(|e| damaged(e.to_string()))?;
+            meta.insert("format", bytes)
+                .map_err(|e| damaged(e.to_string()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! The state machine: an in-memory ordered map that applies replicated commands, and its
+//! snapshots persisted in sled.
+//!
+//! The map lives behind a lock shared with the API ([`KvReader`]) so reads never go through
+//! Raft's state-machine task. On start the latest snapshot is loaded; openraft then re-applies the
+//! committed log entries that follow it.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use super::codec;
+use crate::types::{
+    Command, CommandResult, Entry, LogId, Node, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
+
+const SNAPSHOT_TREE: &str = "snapshot";
+const KEY_CURRENT: &str = "current";
+
+/// A value in the map and the revision (log index) of the write that set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredValue {
+    pub value: Vec<u8>,
+    pub revision: u64,
+}
+
+/// Everything a snapshot must capture together: the map, how far it has applied, and the
+/// membership in force at that point.
+#[derive(Debug, Clone, Default)]
+pub struct KvState {
+    pub map: BTreeMap<String, StoredValue>,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// A snapshot as stored in sled: openraft's metadata and the encoded map.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    pub meta: SnapshotMeta,
+    pub data: Vec<u8>,
+}
+
+type Shared = Arc<RwLock<KvState>>;
+
+/// A lock poisoned by a panic elsewhere still holds a consistent map (every mutation is a single
+/// map operation), so readers and writers carry on rather than cascade the panic.
+fn read(state: &Shared) -> RwLockReadGuard<'_, KvState> {
+    state.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(state: &Shared) -> RwLockWriteGuard<'_, KvState> {
+    state.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Read-only access to the applied map for the API.
+#[derive(Clone)]
+pub struct KvReader {
+    state: Shared,
+}
+
+impl KvReader {
+    pub fn get(&self, key: &str) -> Option<StoredValue> {
+        read(&self.state).map.get(key).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        read(&self.state).map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    state: Shared,
+    snapshots: sled::Tree,
+}
+
+impl StateMachineStore {
+    /// Opens the snapshot tree and loads the latest snapshot, if any, into the map.
+    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        let snapshots = db
+            .open_tree(SNAPSHOT_TREE)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let store = Self {
+            state: Shared::default(),
+            snapshots,
+        };
+        if let Some(snapshot) = store.load_snapshot()? {
+            let map = decode_map(&snapshot)?;
+            *write(&store.state) = KvState {
+                map,
+                last_applied: snapshot.meta.last_log_id,
+                membership: snapshot.meta.last_membership.clone(),
+            };
+        }
+        Ok(store)
+    }
+
+    pub fn reader(&self) -> KvReader {
+        KvReader {
+            state: self.state.clone(),
+        }
+    }
+
+    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let Some(bytes) = self
+            .snapshots
+            .get(KEY_CURRENT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        else {
+            return Ok(None);
+        };
+        let snapshot =
+            codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(snapshot))
+    }
+
+    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
+        let signature = Some(snapshot.meta.signature());
+        let bytes = codec::encode(snapshot)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.snapshots
+            .insert(KEY_CURRENT, bytes)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.snapshots
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        Ok(())
+    }
+}
+
+fn decode_map(snapshot: &StoredSnapshot) -> Result<BTreeMap<String, StoredValue>, StorageError> {
+    codec::decode(&snapshot.data)
+        .map_err(|e| StorageIOError::read_snapshot(Some(snapshot.meta.signature()), &e).into())
+}
+
+/// Applies one command to the map. Deterministic: uses only the command and its log index.
+fn apply_command(
+    map: &mut BTreeMap<String, StoredValue>,
+    index: u64,
+    command: Command,
+) -> CommandResult {
+    let existed = match command {
+        Command::Put { key, value } => map
+            .insert(
+                key,
+                StoredValue {
+                    value,
+                    revision: index,
+                },
+            )
+            .is_some(),
+        Command::Delete { key } => map.remove(&key).is_some(),
+    };
+    CommandResult {
+        revision: index,
+        existed,
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = read(&self.state);
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut state = write(&self.state);
+        let mut results = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            state.last_applied = Some(entry.log_id);
+            let result = match entry.payload {
+                EntryPayload::Blank => CommandResult {
+                    revision: index,
+                    existed: false,
+                },
+                EntryPayload::Normal(command) => apply_command(&mut state.map, index, command),
+                EntryPayload::Membership(membership) => {
+                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    CommandResult {
+                        revision: index,
+                        existed: false,
+                    }
+                }
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// Captures the map, last applied id and membership under one lock: openraft calls this
+    /// between applies, and the builder then encodes the copy while apply goes on.
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            image: read(&self.state).clone(),
+            store: self.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        let map = decode_map(&stored)?;
+        self.save_snapshot(&stored).await?;
+        *write(&self.state) = KvState {
+            map,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.load_snapshot()?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
+
+/// Encodes a captured [`KvState`] into a snapshot and persists it.
+pub struct SnapshotBuilder {
+    image: KvState,
+    store: StateMachineStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data =
+            codec::encode(&self.image.map).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        // Unique per build: two snapshots at the same log id must still be told apart.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or_default();
+        let snapshot_id = match self.image.last_applied {
+            Some(id) => format!("{}-{}-{nonce}", id.leader_id, id.index),
+            None => format!("0-0-{nonce}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.image.last_applied,
+            last_membership: self.image.membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot { meta, data };
+        self.store.save_snapshot(&stored).await?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+/// Keeps `Node` in this module's vocabulary for readers of the snapshot format.
+pub type MemberNode = Node;

@@ -1,0 +1,24 @@
+//! openraft's storage conformance suite against the sled log store and state machine, each case
+//! on a fresh real sled directory.
+
+use openraft::testing::{StoreBuilder, Suite};
+use raftkv::storage::{self, LogStore, StateMachineStore};
+use raftkv::types::{StorageError, TypeConfig};
+use tempfile::TempDir;
+
+struct SledStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("create a temporary data dir");
+        let (log_store, state_machine) = storage::open(dir.path())
+            .await
+            .expect("open a fresh sled store");
+        Ok((dir, log_store, state_machine))
+    }
+}
+
+#[test]
+fn sled_store_passes_openraft_conformance_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledStoreBuilder)
+}
