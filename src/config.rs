@@ -1,1 +1,191 @@
+//! `raftkv serve` settings: flags (each also read from a `RAFTKV_…` env var), their parsing and
+//! the checks that turn a wrong setting into a one-line message instead of a failure later.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::types::NodeId;
+
+/// Settings of one node.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This node's id: a positive integer, unique in the cluster.
+    #[arg(long, env = "RAFTKV_ID")]
+    pub id: NodeId,
+
+    /// Address the gRPC server binds to.
+    #[arg(long, env = "RAFTKV_LISTEN", default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+
+    /// host:port that peers and clients use to reach this node. Defaults to this node's entry in
+    /// --initial-cluster, else to --listen.
+    #[arg(long, env = "RAFTKV_ADVERTISE", value_parser = parse_host_port)]
+    pub advertise: Option<String>,
+
+    /// Directory holding this node's sled database (log, vote, snapshots). Created if missing.
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Members of a new cluster as `id=host:port,…`. A node whose data dir is empty initialises
+    /// the cluster with them; a node that already has state ignores this.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
+    pub initial_cluster: Option<InitialCluster>,
+
+    /// Leader heartbeat period in milliseconds.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// A follower that hears no leader for a random time in [min, 2×min) milliseconds starts an
+    /// election. Must be well above the heartbeat plus one disk flush.
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+
+    /// Build a snapshot after this many entries have been applied since the last one.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+
+    /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the log
+    /// rather than by a full snapshot.
+    #[arg(long, env = "RAFTKV_LOGS_KEPT", default_value_t = 1_000)]
+    pub logs_kept: u64,
+
+    /// Largest key accepted, in bytes.
+    #[arg(long, env = "RAFTKV_MAX_KEY_BYTES", default_value_t = 4096)]
+    pub max_key_bytes: usize,
+
+    /// Largest value accepted, in bytes.
+    #[arg(long, env = "RAFTKV_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_value_bytes: usize,
+
+    /// How long a write or a linearizable read may wait for the cluster before failing with
+    /// UNAVAILABLE, in milliseconds.
+    #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+}
+
+/// The `--initial-cluster` members: id → address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialCluster(pub BTreeMap<NodeId, String>);
+
+/// Parses `id=host:port,id=host:port,…`.
+pub fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| format!("member {item:?} is not of the form id=host:port"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("member {item:?}: id {id:?} is not a positive integer"))?;
+        if id == 0 {
+            return Err(format!(
+                "member {item:?}: node id 0 is reserved; use 1 or more"
+            ));
+        }
+        let address =
+            parse_host_port(address.trim()).map_err(|e| format!("member {item:?}: {e}"))?;
+        if members.insert(id, address).is_some() {
+            return Err(format!("node id {id} appears twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("no members given; expected id=host:port,…".to_string());
+    }
+    Ok(InitialCluster(members))
+}
+
+/// Checks that an address is `host:port` with a non-empty host and a valid port.
+pub fn parse_host_port(text: &str) -> Result<String, String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address {text:?} has no port; expected host:port"))?;
+    if host.is_empty() {
+        return Err(format!("address {text:?} has no host; expected host:port"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(text.to_string()),
+        _ => Err(format!(
+            "address {text:?}: port {port:?} is not a number from 1 to 65535"
+        )),
+    }
+}
+
+impl ServeArgs {
+    /// Cross-flag checks clap cannot express. Returns the address to advertise.
+    pub fn validate(&self) -> Result<String, String> {
+        if self.id == 0 {
+            return Err("--id 0 is reserved; use 1 or more".into());
+        }
+        if self.heartbeat_ms == 0 {
+            return Err("--heartbeat-ms must be at least 1".into());
+        }
+        if self.election_timeout_ms < 3 * self.heartbeat_ms {
+            return Err(format!(
+                "--election-timeout-ms ({}) must be at least 3 × --heartbeat-ms ({})",
+                self.election_timeout_ms, self.heartbeat_ms
+            ));
+        }
+        if self.snapshot_every == 0 {
+            return Err("--snapshot-every must be at least 1".into());
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
+            return Err("--max-key-bytes and --max-value-bytes must be at least 1".into());
+        }
+        let own_entry = match &self.initial_cluster {
+            Some(cluster) => Some(cluster.0.get(&self.id).cloned().ok_or_else(|| {
+                format!(
+                    "--initial-cluster does not list this node's id {}; members are {:?}",
+                    self.id,
+                    cluster.0.keys().collect::<Vec<_>>()
+                )
+            })?),
+            None => None,
+        };
+        if let (Some(advertise), Some(entry)) = (&self.advertise, &own_entry) {
+            if advertise != entry {
+                return Err(format!(
+                    "--advertise {advertise} differs from this node's --initial-cluster entry {entry}"
+                ));
+            }
+        }
+        Ok(self
+            .advertise
+            .clone()
+            .or(own_entry)
+            .unwrap_or_else(|| self.listen.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_initial_cluster() {
+        let c = parse_initial_cluster("1=a:1, 2=b:2,3=127.0.0.1:7003").unwrap();
+        assert_eq!(c.0.len(), 3);
+        assert_eq!(c.0[&3], "127.0.0.1:7003");
+    }
+
+    #[test]
+    fn rejects_bad_initial_cluster() {
+        for bad in [
+            "",
+            "1",
+            "x=a:1",
+            "0=a:1",
+            "1=a",
+            "1=:5",
+            "1=a:0",
+            "1=a:99999",
+            "1=a:1,1=b:2",
+        ] {
+            assert!(
+                parse_initial_cluster(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+}

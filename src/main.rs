@@ -1,1 +1,71 @@
-fn main() {}
+//! The `raftkv` binary: parses the command line and runs the chosen command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use raftkv::cli::client::CliError;
+use raftkv::cli::{commands, exit, playground, Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_env("RAFTKV_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGINT or SIGTERM: how a node is asked to stop.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+    tracing::info!("stop signal received");
+}
+
+async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve(args) => raftkv::node::serve(args, shutdown_signal())
+            .await
+            .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("{e:#}"))),
+        Command::Playground(args) => playground::run(args).await,
+        Command::Put(args) => commands::put(args).await,
+        Command::Get(args) => commands::get(args).await,
+        Command::Del(args) => commands::del(args).await,
+        Command::Status(args) => commands::status(args).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_logging(if serving { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -1,1 +1,207 @@
+//! The client side of replication: openraft calls these to reach its peers over gRPC.
+//!
+//! One lazily connected tonic channel per peer is kept for the life of the node and reused by
+//! every replication stream, so a leader change or a retry never pays a new TCP handshake.
+//! Transport failures are reported as `Unreachable`, which makes openraft back off instead of
+//! retrying in a tight loop; reachability changes are logged once each, not per RPC.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::raft_v1::raft_client::RaftClient;
+use crate::proto::raft_v1::RaftMessage;
+use crate::storage::codec;
+use crate::types::{Node, NodeId, TypeConfig};
+
+/// Largest replication message accepted either way. AppendEntries carries at most
+/// `max_payload_entries` entries of at most `--max-value-bytes` each; see `node::raft_config`.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A peer's channel and whether the last RPC to it got through.
+#[derive(Clone)]
+struct Peer {
+    address: String,
+    channel: Result<Channel, String>,
+    reachable: Arc<AtomicBool>,
+}
+
+/// Creates per-peer connections for openraft, reusing channels across calls.
+#[derive(Clone, Default)]
+pub struct NetworkFactory {
+    peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
+}
+
+impl NetworkFactory {
+    fn peer(&self, target: NodeId, address: &str) -> Peer {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peer) = peers.get(&target) {
+            if peer.address == address {
+                return peer.clone();
+            }
+        }
+        let peer = Peer {
+            address: address.to_string(),
+            channel: lazy_channel(address),
+            reachable: Arc::new(AtomicBool::new(true)),
+        };
+        peers.insert(target, peer.clone());
+        peer
+    }
+}
+
+/// A channel that connects on first use and reconnects by itself after failures.
+pub fn lazy_channel(address: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map(|endpoint| {
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect_lazy()
+        })
+        .map_err(|e| format!("invalid address {address:?}: {e}"))
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
+        PeerConnection {
+            target,
+            peer: self.peer(target, &node.addr),
+        }
+    }
+}
+
+/// The connection openraft uses to send one peer its RPCs.
+pub struct PeerConnection {
+    target: NodeId,
+    peer: Peer,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: RaftRpc,
+        request: &Req,
+        option: RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let channel = self
+            .peer
+            .channel
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let payload =
+            codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut message = tonic::Request::new(RaftMessage { payload });
+        message.set_timeout(option.hard_ttl());
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+        let reply = match rpc {
+            RaftRpc::AppendEntries => client.append_entries(message).await,
+            RaftRpc::Vote => client.vote(message).await,
+            RaftRpc::InstallSnapshot => client.install_snapshot(message).await,
+        };
+        let reply = match reply {
+            Ok(reply) => {
+                self.mark_reachable(true, None);
+                reply.into_inner()
+            }
+            Err(status) => {
+                self.mark_reachable(false, Some(&status));
+                return Err(match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                        RPCError::Unreachable(Unreachable::new(&status))
+                    }
+                    _ => RPCError::Network(NetworkError::new(&status)),
+                });
+            }
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                Node::new(self.peer.address.clone()),
+                e,
+            ))
+        })
+    }
+
+    /// Logs a change of reachability once, instead of an error per heartbeat.
+    fn mark_reachable(&self, reachable: bool, status: Option<&tonic::Status>) {
+        let was = self.peer.reachable.swap(reachable, Ordering::Relaxed);
+        match (was, reachable) {
+            (true, false) => tracing::warn!(
+                peer = self.target,
+                address = %self.peer.address,
+                error = %status.map(|s| s.message()).unwrap_or_default(),
+                "cannot reach peer; retrying with backoff"
+            ),
+            (false, true) => tracing::info!(
+                peer = self.target,
+                address = %self.peer.address,
+                "peer reachable again"
+            ),
+            _ => {}
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RaftRpc::AppendEntries, &rpc, option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RaftRpc::InstallSnapshot, &rpc, option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RaftRpc::Vote, &rpc, option).await
+    }
+}

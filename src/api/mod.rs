@@ -1,0 +1,12 @@
+//! The client-facing gRPC services and the rules they share: input limits, how Raft errors
+//! become gRPC statuses, and forwarding to the leader.
+
+pub mod cluster;
+pub mod errors;
+pub mod forward;
+pub mod kv;
+pub mod limits;
+
+pub use cluster::ClusterService;
+pub use kv::KvService;
+pub use limits::Limits;

@@ -1,0 +1,225 @@
+//! `raftkv playground`: a three-node cluster on one machine, no Docker needed.
+//!
+//! The nodes are child processes of this one running `raftkv serve`, each with its own data
+//! directory and log file under one directory, so re-running resumes with the same data. Ctrl-C
+//! (or SIGTERM) stops all three with SIGTERM and waits for them.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::client::CliError;
+use super::exit;
+use crate::proto::v1::cluster_client::ClusterClient;
+use crate::proto::v1::StatusRequest;
+
+#[derive(Args, Debug)]
+pub struct PlaygroundArgs {
+    /// Directory for the three nodes' data and logs; reused on the next run.
+    #[arg(
+        long,
+        env = "RAFTKV_PLAYGROUND_DIR",
+        default_value = "raftkv-playground"
+    )]
+    pub dir: PathBuf,
+
+    /// gRPC port of node 1; nodes 2 and 3 use the next two.
+    #[arg(long, default_value_t = 7001)]
+    pub base_port: u16,
+
+    /// How long to wait for a leader before giving up.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    pub wait: Duration,
+}
+
+struct Nodes {
+    children: Vec<(u64, Child)>,
+}
+
+impl Nodes {
+    /// SIGTERM to each node, then SIGKILL to any still running after a grace period.
+    fn stop(&mut self) {
+        for (_, child) in &self.children {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (id, child) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        eprintln!("node {id} did not stop in time; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        self.children.clear();
+    }
+
+    /// The first node that has exited, if any.
+    fn exited(&mut self) -> Option<(u64, String)> {
+        self.children
+            .iter_mut()
+            .find_map(|(id, child)| match child.try_wait() {
+                Ok(Some(status)) => Some((*id, status.to_string())),
+                _ => None,
+            })
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    id: u64,
+    base_port: u16,
+    cluster: &str,
+) -> Result<Child, CliError> {
+    let fail = |what: String| CliError::new(exit::UNAVAILABLE, what);
+    let log_path = dir.join(format!("node{id}.log"));
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
+    let port = base_port + id as u16 - 1;
+    Command::new(exe)
+        .arg("serve")
+        .args(["--id", &id.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join(format!("node{id}")))
+        .args(["--initial-cluster", cluster])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| fail(format!("cannot start node {id}: {e}")))
+}
+
+async fn leader_of(endpoint: &str) -> Option<u64> {
+    let mut client = ClusterClient::connect(format!("http://{endpoint}"))
+        .await
+        .ok()?;
+    let status = client.status(StatusRequest {}).await.ok()?.into_inner();
+    (status.leader_id != 0).then_some(status.leader_id)
+}
+
+pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
+    let fail = |what: String| CliError::new(exit::UNAVAILABLE, what);
+    if args.base_port == 0 || args.base_port > u16::MAX - 2 {
+        return Err(CliError::new(
+            exit::USAGE,
+            "--base-port must be between 1 and 65533",
+        ));
+    }
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", args.dir.display())))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .map_err(|e| fail(format!("cannot resolve {}: {e}", args.dir.display())))?;
+    let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find own binary: {e}")))?;
+    let endpoints: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", args.base_port + i))
+        .collect();
+    let cluster = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{}={e}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let mut nodes = Nodes {
+        children: Vec::new(),
+    };
+    for id in 1..=3 {
+        let child = spawn_node(&exe, &dir, id, args.base_port, &cluster)?;
+        nodes.children.push((id, child));
+    }
+
+    let deadline = Instant::now() + args.wait;
+    let leader = loop {
+        if let Some((id, status)) = nodes.exited() {
+            return Err(fail(format!(
+                "node {id} exited ({status}); see {}",
+                dir.join(format!("node{id}.log")).display()
+            )));
+        }
+        if let Some(leader) = leader_of(&endpoints[0]).await {
+            break leader;
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!(
+                "no leader elected within {:?}; see the node logs in {}",
+                args.wait,
+                dir.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let list = endpoints.join(",");
+    println!("raftkv playground: 3 nodes running, leader is node {leader}");
+    println!("  data and logs: {}", dir.display());
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        println!("  node {}: {endpoint}", i + 1);
+    }
+    println!();
+    println!("Try:");
+    println!("  raftkv put greeting hello --endpoints {list}");
+    println!("  raftkv get greeting --endpoints {list}");
+    println!("  raftkv status --endpoints {}", endpoints[1]);
+    println!("  grpcurl -plaintext {} list", endpoints[0]);
+    println!(
+        "  grpcurl -plaintext -d '{{\"key\":\"greeting\",\"value\":\"aGVsbG8=\"}}' {} raftkv.v1.KV/Put",
+        endpoints[0]
+    );
+    println!(
+        "  grpcurl -plaintext -d '{{\"key\":\"greeting\"}}' {} raftkv.v1.KV/Get",
+        endpoints[1]
+    );
+    println!();
+    println!("Press Ctrl-C to stop all three nodes.");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| fail(format!("cannot install signal handler: {e}")))?;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let outcome = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+            _ = check.tick() => {
+                if let Some((id, status)) = nodes.exited() {
+                    break Err(fail(format!(
+                        "node {id} exited unexpectedly ({status}); see {}",
+                        dir.join(format!("node{id}.log")).display()
+                    )));
+                }
+            }
+        }
+    };
+    println!("stopping the playground nodes…");
+    nodes.stop();
+    println!("stopped; data kept in {}", dir.display());
+    outcome
+}
