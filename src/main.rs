@@ -44,6 +44,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Get(args) => commands::get(args).await,
         Command::Del(args) => commands::del(args).await,
         Command::Status(args) => commands::status(args).await,
+        Command::Health(args) => commands::health(args).await,
     }
 }
 

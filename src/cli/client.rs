@@ -76,7 +76,7 @@ impl Client {
         MAX_MESSAGE_BYTES
     }
 
-    async fn connect(endpoint: &str) -> Result<Channel, Status> {
+    pub async fn connect(endpoint: &str) -> Result<Channel, Status> {
         let uri = if endpoint.contains("://") {
             endpoint.to_string()
         } else {

@@ -44,6 +44,17 @@ pub struct StatusArgs {
     pub client: ClientOpts,
 }
 
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// The node to check, host:port.
+    #[arg(long, env = "RAFTKV_HEALTH_ENDPOINT", default_value = "127.0.0.1:7001")]
+    pub endpoint: String,
+
+    /// Give up after this long.
+    #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
 fn kv(channel: tonic::transport::Channel) -> KvClient<tonic::transport::Channel> {
     KvClient::new(channel)
         .max_decoding_message_size(Client::max_message_bytes())
@@ -155,4 +166,45 @@ pub fn format_status(s: &StatusResponse) -> String {
     rows.iter()
         .map(|(name, value)| format!("{:<15} {value}\n", format!("{name}:")))
         .collect()
+}
+
+pub async fn health(args: HealthArgs) -> Result<(), CliError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let unavailable = |what: String| CliError::new(exit::UNAVAILABLE, what);
+    let check = async {
+        let channel = Client::connect(&args.endpoint).await?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+    };
+    let response = tokio::time::timeout(args.timeout, check)
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "{}: no answer within {:?}",
+                args.endpoint, args.timeout
+            ))
+        })?
+        .map_err(|status| unavailable(format!("{}: {}", args.endpoint, status.message())))?
+        .into_inner();
+    match ServingStatus::try_from(response.status) {
+        Ok(ServingStatus::Serving) => {
+            println!("SERVING");
+            Ok(())
+        }
+        Ok(other) => Err(unavailable(format!(
+            "{}: {} (no leader known yet)",
+            args.endpoint,
+            other.as_str_name()
+        ))),
+        Err(_) => Err(unavailable(format!(
+            "{}: unknown health status {}",
+            args.endpoint, response.status
+        ))),
+    }
 }

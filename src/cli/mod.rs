@@ -48,6 +48,9 @@ pub enum Command {
     Del(commands::DelArgs),
     /// Show a node's view of the cluster.
     Status(commands::StatusArgs),
+    /// Exit 0 when the first endpoint reports SERVING (in a cluster with a leader), 3 otherwise.
+    /// Meant for container healthchecks: it asks only that one node and never retries.
+    Health(commands::HealthArgs),
 }
 
 /// Where and how long a client command tries.
