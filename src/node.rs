@@ -47,7 +47,7 @@ pub fn raft_config(args: &ServeArgs) -> anyhow::Result<Config> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_every),
         max_in_snapshot_log_to_keep: args.logs_kept,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-        purge_batch_size: 256,
+        purge_batch_size: 64,
         ..Default::default()
     };
     config

@@ -34,8 +34,15 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 /// variant by position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        /// Encoded as one byte string, not element by element: values are up to megabytes.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 /// What applying a [`Command`] produced.

@@ -25,6 +25,7 @@ const KEY_CURRENT: &str = "current";
 /// A value in the map and the revision (log index) of the write that set it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredValue {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub revision: u64,
 }
@@ -42,6 +43,7 @@ pub struct KvState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredSnapshot {
     pub meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

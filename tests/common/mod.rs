@@ -1,0 +1,336 @@
+//! Test harness: real `raftkv serve` processes on loopback with temporary sled data dirs.
+//!
+//! Every node is a child process killed by PID when the cluster is dropped, including when a
+//! test fails; on failure the tail of each node's log is printed. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftkv::proto::v1::cluster_client::ClusterClient;
+use raftkv::proto::v1::kv_client::KvClient;
+use raftkv::proto::v1::{
+    Consistency, DeleteRequest, GetRequest, GetResponse, PutRequest, StatusRequest, StatusResponse,
+};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// The raftkv binary built by cargo for these tests.
+pub const RAFTKV: &str = env!("CARGO_BIN_EXE_raftkv");
+
+/// Upper bound for any single test's cluster operations.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs a test body with a hard time bound, so a hung cluster fails the test instead of CI.
+pub async fn bounded<F: Future<Output = ()>>(body: F) {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .expect("test exceeded its time bound");
+}
+
+/// A free TCP port on 127.0.0.1 (released immediately; the node binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A channel to one node; connects eagerly so an unreachable node fails fast.
+pub async fn channel_to(address: &str) -> Result<Channel, Status> {
+    Channel::from_shared(format!("http://{address}"))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))
+}
+
+/// One Put to the node at `address`.
+pub async fn put_at(address: &str, key: &str, value: &[u8]) -> Result<u64, Status> {
+    let request = PutRequest {
+        key: key.to_string(),
+        value: value.to_vec(),
+    };
+    let mut client = KvClient::new(channel_to(address).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    Ok(client.put(request).await?.into_inner().revision)
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub nodes: Vec<TestNode>,
+    initial_cluster: String,
+    extra_args: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts `size` nodes with `extra_args` added to every `raftkv serve` and waits for a leader.
+    pub async fn start(size: u64, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let nodes: Vec<TestNode> = (1..=size)
+            .map(|id| TestNode {
+                id,
+                address: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node{id}")),
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.address))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            dir,
+            nodes,
+            initial_cluster,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=size {
+            cluster.start_node(id);
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut TestNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("node id in cluster")
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("node id in cluster")
+    }
+
+    /// (Re)starts a node's process on its address and data dir.
+    pub fn start_node(&mut self, id: u64) {
+        let initial_cluster = self.initial_cluster.clone();
+        let extra_args = self.extra_args.clone();
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("node log file");
+        let child = Command::new(RAFTKV)
+            .arg("serve")
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &node.address])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
+            .args(&extra_args)
+            .env("RAFTKV_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftkv serve");
+        node.child = Some(child);
+    }
+
+    /// SIGKILL: the process gets no chance to flush or say goodbye.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns whether it exited by itself.
+    pub fn stop(&mut self, id: u64) -> bool {
+        let node = self.node_mut(id);
+        let Some(mut child) = node.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.address.clone()).collect()
+    }
+
+    pub async fn channel(&self, id: u64) -> Result<Channel, Status> {
+        channel_to(&self.node(id).address).await
+    }
+
+    pub async fn kv(&self, id: u64) -> Result<KvClient<Channel>, Status> {
+        Ok(KvClient::new(self.channel(id).await?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    pub async fn status(&self, id: u64) -> Result<StatusResponse, Status> {
+        let mut client = ClusterClient::new(self.channel(id).await?);
+        Ok(client.status(StatusRequest {}).await?.into_inner())
+    }
+
+    pub async fn put(&self, id: u64, key: &str, value: &[u8]) -> Result<u64, Status> {
+        put_at(&self.node(id).address, key, value).await
+    }
+
+    pub async fn get(
+        &self,
+        id: u64,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<GetResponse, Status> {
+        let request = GetRequest {
+            key: key.to_string(),
+            consistency: consistency as i32,
+        };
+        Ok(self.kv(id).await?.get(request).await?.into_inner())
+    }
+
+    pub async fn delete(&self, id: u64, key: &str) -> Result<(bool, u64), Status> {
+        let request = DeleteRequest {
+            key: key.to_string(),
+        };
+        let reply = self.kv(id).await?.delete(request).await?.into_inner();
+        Ok((reply.deleted, reply.revision))
+    }
+
+    /// A put retried on UNAVAILABLE (no leader yet) until `within` has passed.
+    pub async fn put_retrying(&self, id: u64, key: &str, value: &[u8], within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.put(id, key, value).await {
+                Ok(revision) => return revision,
+                Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(status) => panic!("put {key} on node {id} failed: {status}"),
+            }
+        }
+    }
+
+    /// Waits until a running node names a leader that every running node agrees on.
+    pub async fn wait_for_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                leaders.push(self.status(node.id).await.map(|s| s.leader_id).unwrap_or(0));
+            }
+            let first = leaders.first().copied().unwrap_or(0);
+            let agreed =
+                first != 0 && leaders.iter().all(|l| *l == first) && self.node(first).is_running();
+            if agreed {
+                return first;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least up to `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, within: Duration) -> StatusResponse {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(status) = self.status(id).await {
+                if status.last_applied_index >= index {
+                    return status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} applied only {} of {index} within {within:?}",
+                    status.last_applied_index
+                );
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} did not answer within {within:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Ids of running nodes other than `id`.
+    pub fn others(&self, id: u64) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.id != id && n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn dump_logs(&self) {
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "----- node {} log (last {} lines) -----",
+                node.id,
+                tail.len()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
