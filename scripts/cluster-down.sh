@@ -28,6 +28,7 @@ while (($#)); do
         exit 0
         ;;
     *)
+        printf 'unknown argument: %s\n\n' "$1" >&2
         usage >&2
         exit 2
         ;;
