@@ -27,11 +27,21 @@ use crate::proto::raft_v1::RaftMessage;
 use crate::storage::codec;
 use crate::types::{Node, NodeId, TypeConfig};
 
-/// Largest replication message accepted either way. AppendEntries carries at most
-/// `max_payload_entries` entries of at most `--max-value-bytes` each; see `node::raft_config`.
+/// Largest replication message accepted either way: an AppendEntries is capped near
+/// [`APPEND_BYTES_BUDGET`] unless a single entry is bigger (a value up to `--max-value-bytes`),
+/// and snapshot chunks are 1 MiB.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most entry bytes sent in one AppendEntries.
+///
+/// openraft 0.9 bounds an AppendEntries by entry count (`max_payload_entries`) and gives it only
+/// one heartbeat interval to complete. With megabyte values a full batch cannot be sent, written
+/// and flushed in that time, so it would time out and be resent forever. Sending a prefix of at
+/// most this many bytes (at least one entry) and answering `PartialSuccess` keeps every message
+/// small enough to finish in time; openraft sends the rest next.
+const APPEND_BYTES_BUDGET: u64 = 2 * 1024 * 1024;
 
 /// A peer's channel and whether the last RPC to it got through.
 #[derive(Clone)]
@@ -183,10 +193,20 @@ impl PeerConnection {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RaftRpc::AppendEntries, &rpc, option).await
+        let sent = entries_within_budget(&rpc.entries, APPEND_BYTES_BUDGET);
+        if sent == rpc.entries.len() {
+            return self.call(RaftRpc::AppendEntries, &rpc, option).await;
+        }
+        rpc.entries.truncate(sent);
+        let last_sent = rpc.entries.last().map(|entry| entry.log_id);
+        let response = self.call(RaftRpc::AppendEntries, &rpc, option).await?;
+        Ok(match response {
+            AppendEntriesResponse::Success => AppendEntriesResponse::PartialSuccess(last_sent),
+            other => other,
+        })
     }
 
     async fn install_snapshot(
@@ -203,5 +223,51 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call(RaftRpc::Vote, &rpc, option).await
+    }
+}
+
+/// How many leading entries fit in `budget` encoded bytes; always at least one, so a single
+/// entry larger than the budget still goes through.
+fn entries_within_budget(entries: &[crate::types::Entry], budget: u64) -> usize {
+    let mut total = 0u64;
+    for (count, entry) in entries.iter().enumerate() {
+        total = total.saturating_add(codec::encoded_len(entry));
+        if total > budget {
+            return count.max(1);
+        }
+    }
+    entries.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::types::{Command, Entry};
+
+    fn put(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Put {
+                key: format!("k{index}"),
+                value: vec![0; bytes],
+            }),
+        }
+    }
+
+    #[test]
+    fn budget_keeps_a_prefix_and_at_least_one_entry() {
+        let small: Vec<Entry> = (1..=10).map(|i| put(i, 10)).collect();
+        assert_eq!(entries_within_budget(&small, 1 << 20), 10);
+
+        let big: Vec<Entry> = (1..=10).map(|i| put(i, 1 << 20)).collect();
+        assert_eq!(entries_within_budget(&big, 2 * (1 << 20) + 1024), 2);
+        assert_eq!(
+            entries_within_budget(&big, 10),
+            1,
+            "one oversized entry still goes"
+        );
+        assert_eq!(entries_within_budget(&[], 10), 0);
     }
 }

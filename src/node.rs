@@ -23,9 +23,9 @@ use crate::raft_service::RaftService;
 use crate::storage;
 use crate::types::{Node, Raft};
 
-/// Entries per AppendEntries message: bounds a message to about 64 × `--max-value-bytes`, well
-/// under [`crate::network::MAX_RAFT_MESSAGE_BYTES`].
-const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// Entries per AppendEntries message. Large enough to catch up quickly on small values; the
+/// network layer additionally caps each message by bytes (see `network::APPEND_BYTES_BUDGET`).
+const MAX_PAYLOAD_ENTRIES: u64 = 512;
 
 /// Snapshot chunk size for InstallSnapshot: far below any gRPC message limit.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;

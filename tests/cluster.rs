@@ -326,3 +326,74 @@ async fn invalid_input_is_rejected_with_the_limit_named_and_changes_nothing() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_maximum_size_values_replicate() {
+    bounded(async {
+        let cluster = Arc::new(TestCluster::start(3, &[]).await);
+        let mut writers = Vec::new();
+        for i in 0..24u64 {
+            let cluster = cluster.clone();
+            writers.push(tokio::spawn(async move {
+                let value = vec![(i % 251) as u8; 1024 * 1024];
+                cluster
+                    .put_retrying(
+                        1 + i % 3,
+                        &format!("big-{i}"),
+                        &value,
+                        Duration::from_secs(60),
+                    )
+                    .await
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let commit = cluster.status(leader).await.unwrap().commit_index;
+        for id in 1..=3 {
+            cluster
+                .wait_applied(id, commit, Duration::from_secs(60))
+                .await;
+            for i in 0..24u64 {
+                let read = cluster.get(id, &format!("big-{i}"), STALE).await.unwrap();
+                assert_eq!(read.value, vec![(i % 251) as u8; 1024 * 1024]);
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_on_a_backlog_of_maximum_size_values() {
+    bounded(async {
+        let mut cluster = TestCluster::start(3, &[]).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let lagging = cluster.others(leader)[0];
+        cluster.kill(lagging);
+        for i in 0..100u64 {
+            let value = vec![(i % 251) as u8; 1024 * 1024];
+            cluster
+                .put_retrying(
+                    leader,
+                    &format!("backlog-{i}"),
+                    &value,
+                    Duration::from_secs(30),
+                )
+                .await;
+        }
+        let commit = cluster.status(leader).await.unwrap().commit_index;
+        cluster.start_node(lagging);
+        cluster
+            .wait_applied(lagging, commit, Duration::from_secs(90))
+            .await;
+        for i in (0..100u64).step_by(9) {
+            let read = cluster
+                .get(lagging, &format!("backlog-{i}"), STALE)
+                .await
+                .unwrap();
+            assert_eq!(read.value, vec![(i % 251) as u8; 1024 * 1024]);
+        }
+    })
+    .await
+}

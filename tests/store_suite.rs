@@ -19,6 +19,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStor
 }
 
 #[test]
-fn sled_store_passes_openraft_conformance_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledStoreBuilder)
+fn sled_store_passes_openraft_conformance_suite() {
+    if let Err(e) = Suite::test_all(SledStoreBuilder) {
+        panic!("conformance suite failed: {e}");
+    }
 }

@@ -24,6 +24,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     options().deserialize(bytes)
 }
 
+/// Size `value` will have once encoded, without encoding it (byte strings are not walked).
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> u64 {
+    options().serialized_size(value).unwrap_or(u64::MAX)
+}
+
 /// Big-endian key for a log index, so sled's byte order is log order.
 pub fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()

@@ -7,6 +7,10 @@
 //! - tree `raft_meta`: `vote`, `committed`, `last_purged`, `format` → bincode values
 //! - tree `snapshot`: `current` → bincode [`state_machine::StoredSnapshot`]
 
+// openraft's storage traits fix the error type to its (large) `StorageError`; the helpers here
+// return it unboxed so it flows into those traits without conversion.
+#![allow(clippy::result_large_err)]
+
 pub mod codec;
 pub mod log_store;
 pub mod state_machine;
