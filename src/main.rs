@@ -1,5 +1,6 @@
 //! The `raftkv` binary: parses the command line and runs the chosen command.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -7,12 +8,20 @@ use raftkv::cli::client::CliError;
 use raftkv::cli::{commands, exit, playground, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
+/// Default log filter of `raftkv serve`. openraft reports every failed heartbeat to an
+/// unreachable peer (four lines per peer every 500 ms); raftkv's network layer logs each peer's
+/// reachability once per change instead, so openraft's replication chatter is silenced unless
+/// asked for with `RAFTKV_LOG`.
+const SERVE_LOG_FILTER: &str =
+    "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
+
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_env("RAFTKV_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -51,7 +60,7 @@ async fn run(command: Command) -> Result<(), CliError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
-    init_logging(if serving { "info" } else { "warn" });
+    init_logging(if serving { SERVE_LOG_FILTER } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

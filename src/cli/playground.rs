@@ -67,14 +67,15 @@ impl Nodes {
         self.children.clear();
     }
 
-    /// The first node that has exited, if any.
-    fn exited(&mut self) -> Option<(u64, String)> {
+    /// Every node that has exited, with how it ended.
+    fn all_exited(&mut self) -> Vec<(u64, String)> {
         self.children
             .iter_mut()
-            .find_map(|(id, child)| match child.try_wait() {
+            .filter_map(|(id, child)| match child.try_wait() {
                 Ok(Some(status)) => Some((*id, status.to_string())),
                 _ => None,
             })
+            .collect()
     }
 }
 
@@ -159,7 +160,7 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
 
     let deadline = Instant::now() + args.wait;
     let leader = loop {
-        if let Some((id, status)) = nodes.exited() {
+        if let Some((id, status)) = nodes.all_exited().into_iter().next() {
             return Err(fail(format!(
                 "node {id} exited ({status}); see {}",
                 dir.join(format!("node{id}.log")).display()
@@ -203,23 +204,28 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| fail(format!("cannot install signal handler: {e}")))?;
+    // A node that dies (say, killed to try a failover) is reported once; the other two keep
+    // serving until Ctrl-C, and the next run brings it back on its data.
+    let mut reported = std::collections::BTreeSet::new();
     let mut check = tokio::time::interval(Duration::from_millis(500));
-    let outcome = loop {
+    loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break Ok(()),
-            _ = terminate.recv() => break Ok(()),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
             _ = check.tick() => {
-                if let Some((id, status)) = nodes.exited() {
-                    break Err(fail(format!(
-                        "node {id} exited unexpectedly ({status}); see {}",
-                        dir.join(format!("node{id}.log")).display()
-                    )));
+                for (id, status) in nodes.all_exited() {
+                    if reported.insert(id) {
+                        eprintln!(
+                            "node {id} exited ({status}); the others keep serving. Log: {}",
+                            dir.join(format!("node{id}.log")).display()
+                        );
+                    }
                 }
             }
         }
-    };
+    }
     println!("stopping the playground nodes…");
     nodes.stop();
     println!("stopped; data kept in {}", dir.display());
-    outcome
+    Ok(())
 }
