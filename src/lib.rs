@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod expiry;
 pub mod network;
 pub mod node;
 pub mod proto;

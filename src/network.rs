@@ -244,14 +244,18 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
     use super::*;
-    use crate::types::{Command, Entry};
+    use crate::types::{Command, Entry, Proposal, PutOp};
 
     fn put(index: u64, bytes: usize) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::Put {
-                key: format!("k{index}"),
-                value: vec![0; bytes],
+            payload: EntryPayload::Normal(Proposal {
+                stamp_ms: 0,
+                command: Command::Put(PutOp {
+                    key: format!("k{index}"),
+                    value: vec![0; bytes],
+                    expires_at_ms: None,
+                }),
             }),
         }
     }

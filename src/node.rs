@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::api::counters::OpCounters;
 use crate::api::forward::Forwarder;
 use crate::api::{ClusterService, KvService, Limits};
 use crate::config::ServeArgs;
@@ -20,8 +21,8 @@ use crate::network::NetworkFactory;
 use crate::proto::v1::kv_server::KvServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::raft_service::RaftService;
-use crate::storage;
 use crate::types::{Node, Raft};
+use crate::{expiry, storage};
 
 /// Entries per AppendEntries message. Large enough to catch up quickly on small values; the
 /// network layer additionally caps each message by bytes (see `network::APPEND_BYTES_BUDGET`).
@@ -109,15 +110,26 @@ pub async fn serve(
     tracing::info!(id = args.id, listen = %args.listen, advertise = %address,
         data_dir = %args.data_dir.display(), "raftkv node serving");
 
+    let counters = Arc::new(OpCounters::default());
+    let kv = Arc::new(KvService::new(
+        raft.clone(),
+        reader.clone(),
+        limits,
+        forwarder.clone(),
+        timeout,
+        counters,
+    ));
+    let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
+    tokio::spawn(expiry::run(raft.clone(), reader));
+
     let server = tonic::transport::Server::builder()
-        .add_service(KvService::server(
+        .add_service(KvService::server(kv.clone()))
+        .add_service(ClusterService::server(
             raft.clone(),
-            reader,
-            limits,
+            address,
             forwarder,
-            timeout,
+            membership_timeout,
         ))
-        .add_service(ClusterService::server(raft.clone(), address))
         .add_service(RaftService::server(raft.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

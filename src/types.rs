@@ -13,7 +13,7 @@ pub type Node = openraft::BasicNode;
 openraft::declare_raft_types!(
     /// openraft types for raftkv: commands in, command results out, snapshots in memory.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandResult,
         NodeId = NodeId,
         Node = Node,
@@ -27,29 +27,142 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 
-/// A write replicated through the Raft log.
+/// What a log entry carries: a command and the proposing leader's clock.
 ///
-/// Applying a command must be deterministic: it may only use what is in the entry, so that every
-/// replica reaches the same map. New variants go at the end: the log and snapshots encode the
-/// variant by position.
+/// Applying must be deterministic, so time-dependent decisions (has this key expired?) use
+/// `stamp_ms`, written once by the leader, never a replica's own clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Leader's wall clock in milliseconds since the Unix epoch when it proposed the command.
+    pub stamp_ms: u64,
+    pub command: Command,
+}
+
+/// A write replicated through the Raft log. New variants go at the end: the log and snapshots
+/// encode the variant by position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put {
-        key: String,
-        /// Encoded as one byte string, not element by element: values are up to megabytes.
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-    },
+    Put(PutOp),
     Delete {
         key: String,
     },
+    /// Several puts and deletes applied as one.
+    Batch(Vec<BatchOp>),
+    /// A write or delete applied only if `expected` holds for `key`.
+    CompareAndSwap {
+        key: String,
+        expected: Expected,
+        action: CasAction,
+    },
+    /// Removes every key whose expiry is at or before the entry's stamp.
+    Expire,
 }
 
-/// What applying a [`Command`] produced.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResult {
-    /// Log index of the entry that applied the command (etcd's "revision").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutOp {
+    pub key: String,
+    /// Encoded as one byte string, not element by element: values are up to megabytes.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Absolute expiry (ms since the Unix epoch), computed by the leader from the TTL.
+    pub expires_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOp {
+    Put(PutOp),
+    Delete { key: String },
+}
+
+/// The condition of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expected {
+    /// The key's revision equals this; 0 means the key must not exist.
+    Revision(u64),
+    /// The key exists and its value equals this.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// What a successful compare-and-swap does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CasAction {
+    Put {
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+    },
+    Delete,
+}
+
+/// A value as the state machine holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredValue {
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Log index of the write that set this value (etcd's mod revision).
     pub revision: u64,
-    /// Whether the key existed before the command was applied.
-    pub existed: bool,
+    pub expires_at_ms: Option<u64>,
+}
+
+impl StoredValue {
+    /// Whether the value is still alive at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_none_or(|at| at > now_ms)
+    }
+
+    /// Milliseconds left at `now_ms`; 0 when the value has no TTL.
+    pub fn ttl_left_ms(&self, now_ms: u64) -> u64 {
+        self.expires_at_ms
+            .map(|at| at.saturating_sub(now_ms).max(1))
+            .unwrap_or(0)
+    }
+}
+
+/// What applying an entry produced. `revision` is always the entry's log index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// A blank or membership entry.
+    Noop {
+        revision: u64,
+    },
+    /// A put or delete: whether the key existed (and was live) before.
+    Write {
+        revision: u64,
+        existed: bool,
+    },
+    /// Per op, in order: whether its key existed before.
+    Batch {
+        revision: u64,
+        existed: Vec<bool>,
+    },
+    /// `current` is the key's state when the condition failed.
+    CompareAndSwap {
+        revision: u64,
+        succeeded: bool,
+        current: Option<StoredValue>,
+    },
+    Expire {
+        revision: u64,
+        removed: u64,
+    },
+}
+
+impl CommandResult {
+    pub fn revision(&self) -> u64 {
+        match self {
+            CommandResult::Noop { revision }
+            | CommandResult::Write { revision, .. }
+            | CommandResult::Batch { revision, .. }
+            | CommandResult::CompareAndSwap { revision, .. }
+            | CommandResult::Expire { revision, .. } => *revision,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

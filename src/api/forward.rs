@@ -37,16 +37,21 @@ impl Forwarder {
         }
     }
 
-    pub fn client(&self, address: &str) -> Result<KvClient<Channel>, Status> {
+    /// The reused channel to `address`.
+    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = match channels.get(address) {
-            Some(channel) => channel.clone(),
+        match channels.get(address) {
+            Some(channel) => Ok(channel.clone()),
             None => {
                 let channel = lazy_channel(address).map_err(Status::unavailable)?;
                 channels.insert(address.to_string(), channel.clone());
-                channel
+                Ok(channel)
             }
-        };
+        }
+    }
+
+    pub fn client(&self, address: &str) -> Result<KvClient<Channel>, Status> {
+        let channel = self.channel(address)?;
         Ok(KvClient::new(channel)
             .max_decoding_message_size(self.message_limit)
             .max_encoding_message_size(self.message_limit))

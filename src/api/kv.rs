@@ -1,26 +1,30 @@
-//! The `raftkv.v1.KV` service: Put, Get, Delete.
+//! The `raftkv.v1.KV` service.
 //!
-//! Writes go through `Raft::client_write` and are answered once committed and applied.
-//! Linearizable reads confirm leadership with `ensure_linearizable` and then read the local map;
-//! stale reads read the local map directly. A follower forwards writes and linearizable reads to
-//! the leader, so every node accepts every request.
+//! Writes become a [`Proposal`] stamped with this (leader) node's clock and are answered once
+//! committed and applied. Linearizable reads confirm leadership with `ensure_linearizable` and
+//! then read the local map; stale reads read the local map directly. A follower forwards writes
+//! and linearizable reads to the leader, so every node accepts every request.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::counters::OpCounters;
 use super::errors::{read_error, timed_out, write_error, Redirect};
 use super::forward::{is_forwarded, Forwarder};
 use super::limits::Limits;
+use crate::proto::v1 as pb;
 use crate::proto::v1::kv_client::KvClient;
 use crate::proto::v1::kv_server::{Kv, KvServer};
-use crate::proto::v1::{
-    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
-};
 use crate::storage::KvReader;
-use crate::types::{Command, CommandResult, Raft};
+use crate::types::{
+    now_ms, BatchOp, CasAction, Command, CommandResult, Expected, Proposal, PutOp, Raft,
+};
+
+type Leader = KvClient<Channel>;
 
 pub struct KvService {
     raft: Raft,
@@ -28,26 +32,34 @@ pub struct KvService {
     limits: Limits,
     forwarder: Forwarder,
     timeout: Duration,
+    counters: Arc<OpCounters>,
 }
 
 impl KvService {
-    pub fn server(
+    pub fn new(
         raft: Raft,
         reader: KvReader,
         limits: Limits,
         forwarder: Forwarder,
         timeout: Duration,
-    ) -> KvServer<Self> {
-        let message_limit = limits.grpc_message_limit();
-        KvServer::new(Self {
+        counters: Arc<OpCounters>,
+    ) -> Self {
+        Self {
             raft,
             reader,
             limits,
             forwarder,
             timeout,
-        })
-        .max_decoding_message_size(message_limit)
-        .max_encoding_message_size(message_limit)
+            counters,
+        }
+    }
+
+    /// Wraps a shared service for tonic with message limits that admit any valid request.
+    pub fn server(service: Arc<Self>) -> KvServer<Self> {
+        let message_limit = service.limits.grpc_message_limit();
+        KvServer::from_arc(service)
+            .max_decoding_message_size(message_limit)
+            .max_encoding_message_size(message_limit)
     }
 
     /// The leader this node knows of, unless it is this node itself.
@@ -65,10 +77,9 @@ impl KvService {
         })
     }
 
-    /// Proposes a command and waits until it is committed and applied; `Err(Redirect)` when
-    /// this node is not the leader or the cluster cannot commit it.
-    async fn propose(&self, command: Command) -> Result<CommandResult, Redirect> {
-        match tokio::time::timeout(self.timeout, self.raft.client_write(command)).await {
+    /// Proposes a command and waits until it is committed and applied.
+    async fn propose(&self, proposal: Proposal) -> Result<CommandResult, Redirect> {
+        match tokio::time::timeout(self.timeout, self.raft.client_write(proposal)).await {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(e)) => Err(write_error(e)),
             Err(_) => Err(Redirect::Fail(timed_out(
@@ -90,16 +101,16 @@ impl KvService {
         }
     }
 
-    /// Serves a redirect: calls the leader with `call` unless the request was itself forwarded.
-    async fn redirect<T, F, Fut>(
+    /// Sends a request this node cannot serve to the leader, unless it was itself forwarded.
+    async fn redirect<Req, Resp, Fut>(
         &self,
         redirect: Redirect,
         forwarded: bool,
-        call: F,
-    ) -> Result<T, Status>
+        req: Req,
+        call: impl FnOnce(Leader, Request<Req>) -> Fut,
+    ) -> Result<Response<Resp>, Status>
     where
-        F: FnOnce(KvClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         match redirect {
             Redirect::Fail(status) => Err(status),
@@ -107,14 +118,131 @@ impl KvService {
                 "this node is not the leader (node {id} at {address} is); leadership moved while forwarding, retry"
             ))),
             Redirect::Leader { id, address } => {
-                let client = self.forwarder.client(&address)?;
-                call(client)
-                    .await
-                    .map(Response::into_inner)
+                let leader = self.forwarder.client(&address)?;
+                let reply = call(leader, self.forwarder.request(req)).await;
+                reply
+                    .map(|r| Response::new(r.into_inner()))
                     .map_err(|status| Forwarder::failure(id, &address, status))
             }
         }
     }
+
+    /// The write path shared by every mutating call: forward to the leader, or build the
+    /// command with the leader's clock, propose it and shape the response.
+    async fn write<Req, Resp, Fut>(
+        &self,
+        forwarded: bool,
+        req: Req,
+        command: impl FnOnce(Req, u64) -> Command,
+        response: impl FnOnce(CommandResult) -> Result<Resp, Status>,
+        forward: impl FnOnce(Leader, Request<Req>) -> Fut,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        if let Some(redirect) = self.remote_leader() {
+            return self.redirect(redirect, forwarded, req, forward).await;
+        }
+        let stamp_ms = now_ms();
+        let proposal = Proposal {
+            stamp_ms,
+            command: command(req, stamp_ms),
+        };
+        let result = self.propose(proposal).await.map_err(moved)?;
+        response(result).map(Response::new)
+    }
+
+    /// The read path shared by every reading call: stale reads are local; linearizable reads
+    /// go to the leader, which confirms its leadership before reading its map.
+    async fn read<Req, Resp, Fut>(
+        &self,
+        forwarded: bool,
+        req: Req,
+        consistency: i32,
+        local: impl FnOnce(Req) -> Result<Resp, Status>,
+        forward: impl FnOnce(Leader, Request<Req>) -> Fut,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let stale = match pb::Consistency::try_from(consistency) {
+            Ok(pb::Consistency::Stale) => true,
+            Ok(pb::Consistency::Linearizable) => false,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "consistency {consistency} is unknown; use LINEARIZABLE (0) or STALE (1)"
+                )))
+            }
+        };
+        if !stale {
+            if let Some(redirect) = self.remote_leader() {
+                return self.redirect(redirect, forwarded, req, forward).await;
+            }
+            if let Err(redirect) = self.linearize().await {
+                return self.redirect(redirect, forwarded, req, forward).await;
+            }
+        }
+        local(req).map(Response::new)
+    }
+
+    fn count(
+        &self,
+        forwarded: bool,
+        counter: impl Fn(&OpCounters) -> &std::sync::atomic::AtomicU64,
+    ) {
+        if !forwarded {
+            OpCounters::count(counter(&self.counters));
+        }
+    }
+
+    fn put_op(&self, req: pb::PutRequest, stamp_ms: u64) -> PutOp {
+        PutOp {
+            key: req.key,
+            value: req.value,
+            expires_at_ms: expiry(stamp_ms, req.ttl_ms),
+        }
+    }
+
+    /// This node's counters and Raft state, for the Metrics call and the HTTP `/metrics`.
+    pub fn metrics_snapshot(&self) -> pb::MetricsResponse {
+        let (keys, value_bytes) = self.reader.stats();
+        let metrics = self.raft.metrics().borrow().clone();
+        let is_leader = metrics.current_leader == Some(metrics.id);
+        let followers = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != metrics.id)
+            .map(|(id, matched)| pb::FollowerProgress {
+                id: *id,
+                matched_index: matched.map(|m| m.index).unwrap_or(0),
+            })
+            .collect();
+        let c = &self.counters;
+        pb::MetricsResponse {
+            node_id: metrics.id,
+            keys,
+            value_bytes,
+            get_ops: OpCounters::read(&c.get),
+            put_ops: OpCounters::read(&c.put),
+            delete_ops: OpCounters::read(&c.delete),
+            batch_ops: OpCounters::read(&c.batch),
+            cas_ops: OpCounters::read(&c.cas),
+            scan_ops: OpCounters::read(&c.scan),
+            batch_get_ops: OpCounters::read(&c.batch_get),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            commit_index: 0,
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            is_leader,
+            followers,
+        }
+    }
+}
+
+/// Absolute expiry for a TTL given at `stamp_ms`; `None` for no TTL.
+fn expiry(stamp_ms: u64, ttl_ms: u64) -> Option<u64> {
+    (ttl_ms > 0).then(|| stamp_ms.saturating_add(ttl_ms))
 }
 
 /// A proposal this node took as leader but could not commit: the request has been consumed, so
@@ -128,81 +256,375 @@ fn moved(redirect: Redirect) -> Status {
     }
 }
 
+fn unexpected(result: &CommandResult) -> Status {
+    Status::internal(format!("unexpected apply result {result:?}"))
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         self.limits.check_key(&req.key)?;
         self.limits.check_value(&req.value)?;
-        if let Some(redirect) = self.remote_leader() {
-            let request = self.forwarder.request(req);
-            return self
-                .redirect(redirect, forwarded, |mut leader| async move {
-                    leader.put(request).await
+        self.count(forwarded, |c| &c.put);
+        self.write(
+            forwarded,
+            req,
+            |req, stamp| Command::Put(self.put_op(req, stamp)),
+            |result| {
+                Ok(pb::PutResponse {
+                    revision: result.revision(),
                 })
-                .await
-                .map(Response::new);
-        }
-        let command = Command::Put {
-            key: req.key,
-            value: req.value,
-        };
-        match self.propose(command).await {
-            Ok(result) => Ok(Response::new(PutResponse {
-                revision: result.revision,
-            })),
-            Err(redirect) => Err(moved(redirect)),
-        }
+            },
+            |mut leader, r| async move { leader.put(r).await },
+        )
+        .await
     }
 
-    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         self.limits.check_key(&req.key)?;
-        let stale = req.consistency == Consistency::Stale as i32;
-        if !stale {
-            if let Err(redirect) = self.linearize().await {
-                let request = self.forwarder.request(req);
-                return self
-                    .redirect(redirect, forwarded, |mut leader| async move {
-                        leader.get(request).await
-                    })
-                    .await
-                    .map(Response::new);
-            }
-        }
-        match self.reader.get(&req.key) {
-            Some(stored) => Ok(Response::new(GetResponse {
-                value: stored.value,
-                revision: stored.revision,
-            })),
-            None => Err(Status::not_found(format!("key not found: {}", req.key))),
-        }
+        self.count(forwarded, |c| &c.get);
+        let consistency = req.consistency;
+        self.read(
+            forwarded,
+            req,
+            consistency,
+            |req| match self.reader.get(&req.key) {
+                (Some(stored), now) => Ok(pb::GetResponse {
+                    ttl_ms: stored.ttl_left_ms(now),
+                    value: stored.value,
+                    revision: stored.revision,
+                }),
+                (None, _) => Err(Status::not_found(format!("key not found: {}", req.key))),
+            },
+            |mut leader, r| async move { leader.get(r).await },
+        )
+        .await
     }
 
     async fn delete(
         &self,
-        request: Request<DeleteRequest>,
-    ) -> Result<Response<DeleteResponse>, Status> {
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         self.limits.check_key(&req.key)?;
-        if let Some(redirect) = self.remote_leader() {
-            let request = self.forwarder.request(req);
-            return self
-                .redirect(redirect, forwarded, |mut leader| async move {
-                    leader.delete(request).await
+        self.count(forwarded, |c| &c.delete);
+        self.write(
+            forwarded,
+            req,
+            |req, _| Command::Delete { key: req.key },
+            |result| match result {
+                CommandResult::Write { revision, existed } => Ok(pb::DeleteResponse {
+                    deleted: existed,
+                    revision,
+                }),
+                other => Err(unexpected(&other)),
+            },
+            |mut leader, r| async move { leader.delete(r).await },
+        )
+        .await
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        self.limits.check_batch_len("keys", req.keys.len())?;
+        for (i, key) in req.keys.iter().enumerate() {
+            self.limits
+                .check_key(key)
+                .map_err(|e| in_item("keys", i, e))?;
+        }
+        self.count(forwarded, |c| &c.batch_get);
+        let consistency = req.consistency;
+        self.read(
+            forwarded,
+            req,
+            consistency,
+            |req| {
+                let (values, now) = self.reader.get_many(&req.keys);
+                let results = req
+                    .keys
+                    .into_iter()
+                    .zip(values)
+                    .map(|(key, value)| match value {
+                        Some(stored) => pb::KeyResult {
+                            key,
+                            found: true,
+                            ttl_ms: stored.ttl_left_ms(now),
+                            value: stored.value,
+                            revision: stored.revision,
+                        },
+                        None => pb::KeyResult {
+                            key,
+                            ..Default::default()
+                        },
+                    })
+                    .collect();
+                Ok(pb::BatchGetResponse { results })
+            },
+            |mut leader, r| async move { leader.batch_get(r).await },
+        )
+        .await
+    }
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        if req.ops.is_empty() {
+            return Err(Status::invalid_argument("batch has no ops"));
+        }
+        self.limits.check_batch_len("ops", req.ops.len())?;
+        for (i, op) in req.ops.iter().enumerate() {
+            match &op.op {
+                Some(pb::batch_op::Op::Put(put)) => {
+                    self.limits
+                        .check_key(&put.key)
+                        .map_err(|e| in_item("ops", i, e))?;
+                    self.limits
+                        .check_value(&put.value)
+                        .map_err(|e| in_item("ops", i, e))?;
+                }
+                Some(pb::batch_op::Op::Delete(delete)) => {
+                    self.limits
+                        .check_key(&delete.key)
+                        .map_err(|e| in_item("ops", i, e))?;
+                }
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "ops[{i}]: neither put nor delete is set"
+                    )))
+                }
+            }
+        }
+        self.count(forwarded, |c| &c.batch);
+        self.write(
+            forwarded,
+            req,
+            |req, stamp| {
+                let ops = req
+                    .ops
+                    .into_iter()
+                    .filter_map(|op| op.op)
+                    .map(|op| match op {
+                        pb::batch_op::Op::Put(put) => BatchOp::Put(self.put_op(put, stamp)),
+                        pb::batch_op::Op::Delete(delete) => BatchOp::Delete { key: delete.key },
+                    })
+                    .collect();
+                Command::Batch(ops)
+            },
+            |result| match result {
+                CommandResult::Batch { revision, existed } => {
+                    Ok(pb::BatchResponse { revision, existed })
+                }
+                other => Err(unexpected(&other)),
+            },
+            |mut leader, r| async move { leader.batch(r).await },
+        )
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        self.limits.check_key(&req.key)?;
+        self.limits.check_value(&req.value)?;
+        if req.expected.is_none() {
+            return Err(Status::invalid_argument(
+                "expected_revision or expected_value is required",
+            ));
+        }
+        if req.delete && (!req.value.is_empty() || req.ttl_ms > 0) {
+            return Err(Status::invalid_argument(
+                "delete cannot be combined with value or ttl_ms",
+            ));
+        }
+        self.count(forwarded, |c| &c.cas);
+        self.write(
+            forwarded,
+            req,
+            |req, stamp| Command::CompareAndSwap {
+                key: req.key,
+                expected: match req.expected {
+                    Some(pb::compare_and_swap_request::Expected::ExpectedValue(v)) => {
+                        Expected::Value(v)
+                    }
+                    Some(pb::compare_and_swap_request::Expected::ExpectedRevision(r)) => {
+                        Expected::Revision(r)
+                    }
+                    None => Expected::Revision(0),
+                },
+                action: if req.delete {
+                    CasAction::Delete
+                } else {
+                    CasAction::Put {
+                        value: req.value,
+                        expires_at_ms: expiry(stamp, req.ttl_ms),
+                    }
+                },
+            },
+            |result| match result {
+                CommandResult::CompareAndSwap {
+                    revision,
+                    succeeded,
+                    current,
+                } => Ok(pb::CompareAndSwapResponse {
+                    succeeded,
+                    revision,
+                    found: current.is_some(),
+                    current_revision: current.as_ref().map(|c| c.revision).unwrap_or(0),
+                    current_value: current.map(|c| c.value).unwrap_or_default(),
+                }),
+                other => Err(unexpected(&other)),
+            },
+            |mut leader, r| async move { leader.compare_and_swap(r).await },
+        )
+        .await
+    }
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let limit = self.limits.scan_limit(req.limit)?;
+        self.count(forwarded, |c| &c.scan);
+        let consistency = req.consistency;
+        self.read(
+            forwarded,
+            req,
+            consistency,
+            |req| {
+                let (start, end) = scan_bounds(&req);
+                let (page, now) = self.reader.scan(&start, end.as_deref(), limit);
+                let kvs = page
+                    .items
+                    .into_iter()
+                    .map(|(key, stored)| pb::KeyValue {
+                        key,
+                        ttl_ms: stored.ttl_left_ms(now),
+                        revision: stored.revision,
+                        value: if req.keys_only {
+                            Vec::new()
+                        } else {
+                            stored.value
+                        },
+                    })
+                    .collect();
+                Ok(pb::ScanResponse {
+                    kvs,
+                    more: page.next_start.is_some(),
+                    next_start: page.next_start.unwrap_or_default(),
                 })
-                .await
-                .map(Response::new);
+            },
+            |mut leader, r| async move { leader.scan(r).await },
+        )
+        .await
+    }
+
+    async fn metrics(
+        &self,
+        _: Request<pb::MetricsRequest>,
+    ) -> Result<Response<pb::MetricsResponse>, Status> {
+        let mut response = self.metrics_snapshot();
+        response.commit_index = self
+            .raft
+            .with_raft_state(|state| state.committed.map(|id| id.index))
+            .await
+            .map_err(|e| Status::unavailable(format!("raft is not running on this node: {e}")))?
+            .unwrap_or(0);
+        Ok(Response::new(response))
+    }
+}
+
+/// Prefixes a validation error with the position of the offending item.
+fn in_item(field: &str, index: usize, status: Status) -> Status {
+    Status::invalid_argument(format!("{field}[{index}]: {}", status.message()))
+}
+
+/// The `[start, end)` a scan covers: a prefix bounds both ends, and `start` (the next page)
+/// may only move the lower bound up.
+pub fn scan_bounds(req: &pb::ScanRequest) -> (String, Option<String>) {
+    if req.prefix.is_empty() {
+        let end = (!req.end.is_empty()).then(|| req.end.clone());
+        return (req.start.clone(), end);
+    }
+    let start = req.start.clone().max(req.prefix.clone());
+    (start, prefix_end(&req.prefix))
+}
+
+/// The smallest string greater than every string that starts with `prefix`; `None` when there
+/// is none (the prefix is all `char::MAX`).
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..0xE000).contains(&next) {
+            next = 0xE000;
         }
-        match self.propose(Command::Delete { key: req.key }).await {
-            Ok(result) => Ok(Response::new(DeleteResponse {
-                deleted: result.existed,
-                revision: result.revision,
-            })),
-            Err(redirect) => Err(moved(redirect)),
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
         }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_first_string_past_the_prefix() {
+        assert_eq!(prefix_end("user:").as_deref(), Some("user;"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+    }
+
+    #[test]
+    fn scan_bounds_honour_prefix_and_next_page() {
+        let req = |start: &str, end: &str, prefix: &str| pb::ScanRequest {
+            start: start.into(),
+            end: end.into(),
+            prefix: prefix.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            scan_bounds(&req("a", "c", "")),
+            ("a".into(), Some("c".into()))
+        );
+        assert_eq!(scan_bounds(&req("a", "", "")), ("a".into(), None));
+        assert_eq!(
+            scan_bounds(&req("", "", "p")),
+            ("p".into(), Some("q".into()))
+        );
+        assert_eq!(
+            scan_bounds(&req("p5", "", "p")),
+            ("p5".into(), Some("q".into()))
+        );
+        assert_eq!(
+            scan_bounds(&req("a", "", "p")),
+            ("p".into(), Some("q".into()))
+        );
     }
 }

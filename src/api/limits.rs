@@ -35,12 +35,40 @@ impl Limits {
         Ok(())
     }
 
+    /// Batches and multi-key reads hold at most this many items.
+    pub const MAX_BATCH_ITEMS: usize = 10_000;
+    /// A scan page holds this many keys unless asked otherwise, and never more than the max.
+    pub const DEFAULT_SCAN_LIMIT: usize = 1_000;
+    pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+    pub fn check_batch_len(&self, field: &str, len: usize) -> Result<(), Status> {
+        if len > Self::MAX_BATCH_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "{field} has {len} items, over the limit of {}",
+                Self::MAX_BATCH_ITEMS
+            )));
+        }
+        Ok(())
+    }
+
+    /// The page size for a scan's `limit` (0 = default).
+    pub fn scan_limit(&self, limit: u32) -> Result<usize, Status> {
+        match limit as usize {
+            0 => Ok(Self::DEFAULT_SCAN_LIMIT),
+            n if n > Self::MAX_SCAN_LIMIT => Err(Status::invalid_argument(format!(
+                "limit {n} is over the maximum of {}",
+                Self::MAX_SCAN_LIMIT
+            ))),
+            n => Ok(n),
+        }
+    }
+
     /// gRPC message size that admits any valid request with room for framing, so an oversized
     /// value still reaches [`Limits::check_value`] and gets its clear message.
     pub fn grpc_message_limit(&self) -> usize {
         (self.max_key_bytes + self.max_value_bytes)
             .saturating_mul(2)
-            .max(4 * 1024 * 1024)
+            .max(64 * 1024 * 1024)
     }
 }
 

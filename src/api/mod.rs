@@ -2,6 +2,7 @@
 //! become gRPC statuses, and forwarding to the leader.
 
 pub mod cluster;
+pub mod counters;
 pub mod errors;
 pub mod forward;
 pub mod kv;

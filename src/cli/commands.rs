@@ -68,6 +68,7 @@ pub async fn put(args: PutArgs) -> Result<(), CliError> {
             let message = PutRequest {
                 key: args.key.clone(),
                 value: args.value.clone().into_bytes(),
+                ..Default::default()
             };
             async move { kv(channel).put(request(message, remaining)).await }
         })

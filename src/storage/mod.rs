@@ -12,13 +12,15 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod kv_map;
 pub mod log_store;
 pub mod state_machine;
 
 use std::path::{Path, PathBuf};
 
+pub use kv_map::ScanPage;
 pub use log_store::LogStore;
-pub use state_machine::{KvReader, StateMachineStore, StoredValue};
+pub use state_machine::{KvReader, StateMachineStore};
 
 /// Version of the on-disk layout above; bumped when it changes incompatibly.
 const FORMAT_VERSION: u32 = 1;

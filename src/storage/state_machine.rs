@@ -5,7 +5,6 @@
 //! Raft's state-machine task. On start the latest snapshot is loaded; openraft then re-applies the
 //! committed log entries that follow it.
 
-use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -14,27 +13,20 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::codec;
+use super::kv_map::{KvMap, ScanPage};
 use crate::types::{
-    Command, CommandResult, Entry, LogId, Node, SnapshotMeta, StorageError, StoredMembership,
+    now_ms, CommandResult, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, StoredValue,
     TypeConfig,
 };
 
 const SNAPSHOT_TREE: &str = "snapshot";
 const KEY_CURRENT: &str = "current";
 
-/// A value in the map and the revision (log index) of the write that set it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredValue {
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
-    pub revision: u64,
-}
-
 /// Everything a snapshot must capture together: the map, how far it has applied, and the
 /// membership in force at that point.
 #[derive(Debug, Clone, Default)]
 pub struct KvState {
-    pub map: BTreeMap<String, StoredValue>,
+    pub map: KvMap,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
@@ -66,16 +58,46 @@ pub struct KvReader {
 }
 
 impl KvReader {
-    pub fn get(&self, key: &str) -> Option<StoredValue> {
-        read(&self.state).map.get(key).cloned()
+    /// "Now" for a read: this machine's clock, but never behind what the map has applied, so a
+    /// value the cluster already treats as expired is never returned.
+    fn read_clock(state: &KvState) -> u64 {
+        now_ms().max(state.map.clock_ms())
     }
 
-    pub fn len(&self) -> usize {
-        read(&self.state).map.len()
+    /// The key's live value and the clock used to judge it.
+    pub fn get(&self, key: &str) -> (Option<StoredValue>, u64) {
+        let state = read(&self.state);
+        let now = Self::read_clock(&state);
+        (state.map.get(key, now).cloned(), now)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Several keys read under one lock, so they come from the same applied state.
+    pub fn get_many(&self, keys: &[String]) -> (Vec<Option<StoredValue>>, u64) {
+        let state = read(&self.state);
+        let now = Self::read_clock(&state);
+        (
+            keys.iter()
+                .map(|k| state.map.get(k, now).cloned())
+                .collect(),
+            now,
+        )
+    }
+
+    pub fn scan(&self, start: &str, end: Option<&str>, limit: usize) -> (ScanPage, u64) {
+        let state = read(&self.state);
+        let now = Self::read_clock(&state);
+        (state.map.scan(start, end, limit, now), now)
+    }
+
+    /// Keys stored and bytes of their values.
+    pub fn stats(&self) -> (u64, u64) {
+        let state = read(&self.state);
+        (state.map.len() as u64, state.map.value_bytes())
+    }
+
+    /// Whether some key has expired by `now_ms` and should be removed by an `Expire` entry.
+    pub fn has_expired(&self, now_ms: u64) -> bool {
+        read(&self.state).map.has_expired(now_ms)
     }
 }
 
@@ -140,33 +162,9 @@ impl StateMachineStore {
     }
 }
 
-fn decode_map(snapshot: &StoredSnapshot) -> Result<BTreeMap<String, StoredValue>, StorageError> {
-    codec::decode(&snapshot.data)
+fn decode_map(snapshot: &StoredSnapshot) -> Result<KvMap, StorageError> {
+    KvMap::decode(&snapshot.data)
         .map_err(|e| StorageIOError::read_snapshot(Some(snapshot.meta.signature()), &e).into())
-}
-
-/// Applies one command to the map. Deterministic: uses only the command and its log index.
-fn apply_command(
-    map: &mut BTreeMap<String, StoredValue>,
-    index: u64,
-    command: Command,
-) -> CommandResult {
-    let existed = match command {
-        Command::Put { key, value } => map
-            .insert(
-                key,
-                StoredValue {
-                    value,
-                    revision: index,
-                },
-            )
-            .is_some(),
-        Command::Delete { key } => map.remove(&key).is_some(),
-    };
-    CommandResult {
-        revision: index,
-        existed,
-    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -188,17 +186,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let index = entry.log_id.index;
             state.last_applied = Some(entry.log_id);
             let result = match entry.payload {
-                EntryPayload::Blank => CommandResult {
-                    revision: index,
-                    existed: false,
-                },
-                EntryPayload::Normal(command) => apply_command(&mut state.map, index, command),
+                EntryPayload::Blank => CommandResult::Noop { revision: index },
+                EntryPayload::Normal(proposal) => state.map.apply(index, proposal),
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    CommandResult {
-                        revision: index,
-                        existed: false,
-                    }
+                    CommandResult::Noop { revision: index }
                 }
             };
             results.push(result);
@@ -254,8 +246,11 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data =
-            codec::encode(&self.image.map).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let data = self
+            .image
+            .map
+            .encode()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         // Unique per build: two snapshots at the same log id must still be told apart.
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -278,6 +273,3 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
     }
 }
-
-/// Keeps `Node` in this module's vocabulary for readers of the snapshot format.
-pub type MemberNode = Node;

@@ -58,6 +58,7 @@ pub async fn put_at(address: &str, key: &str, value: &[u8]) -> Result<u64, Statu
     let request = PutRequest {
         key: key.to_string(),
         value: value.to_vec(),
+        ttl_ms: 0,
     };
     let mut client = KvClient::new(channel_to(address).await?)
         .max_decoding_message_size(64 << 20)
