@@ -25,7 +25,8 @@ disconnected nodes are restored, and a cluster this script started is removed wi
 
 Options:
   --no-build        do not build the binary and image when starting the cluster
-  --keep            leave a cluster this script started running (and its data)
+  --keep            leave a cluster this script started running (and its data), and keep
+                    the writer's records and leader samples
   --settle SECONDS  seconds of writing between faults (default 4)
   -h, --help        show this help
 EOF
@@ -117,8 +118,10 @@ cleanup() {
         "$RAFTKV_ROOT/scripts/cluster-down.sh" --volumes >/dev/null 2>&1 ||
             warn "scripts/cluster-down.sh --volumes failed"
     fi
-    if ((passed)); then
+    if ((passed && !keep)); then
         rm -rf "$work"
+    else
+        log "the writer's records and leader samples are in $work"
     fi
     exit "$status"
 }
@@ -254,7 +257,14 @@ wait_caught_up() {
 acked_count() { wc -l <"$acked"; }
 
 # Appends a row to the per-fault table.
-record() { faults+=("$(printf '%-34s %-9s %-9s %-11s %s' "$@")"); }
+record() { faults+=("$(printf '%-31s %-7s %-7s %-7s %-9s %s' "$@")"); }
+
+# The highest term any node reports with a leader.
+term_now() {
+    local _ term
+    read -r _ term < <(cluster_leader 1s)
+    echo "$term"
+}
 
 # --- the run --------------------------------------------------------------------------------
 
@@ -285,7 +295,8 @@ log "writer started (keys fo/$run_id/N); letting it run ${settle}s"
 sleep "$settle"
 
 # 1. Kill the leader.
-leader=$(wait_leader 10)
+read -r leader term_before < <(cluster_leader 1s)
+((leader != 0)) || leader=$(wait_leader 10)
 before=$(acked_count)
 log "fault 1: docker kill node$leader (the leader)"
 t0=$(now_ms)
@@ -299,20 +310,23 @@ sleep "$settle"
 # The restart policy (unless-stopped) must not have brought it back: a kill is a manual stop.
 state=$(node_health "$leader")
 [[ $state == exited ]] || warn "node$leader is '$state' after docker kill, expected 'exited'"
-record "kill leader" "node$leader" "node$new_leader" "$(fmt_ms "$ms")" "$(($(acked_count) - before)) writes acked while node$leader was down"
+record "kill leader" "node$leader" "node$new_leader" "$term_before->$(term_now)" "$(fmt_ms "$ms")" \
+    "$(($(acked_count) - before)) writes acked while node$leader was down"
 
 # 2. Restart it.
 killed=$leader
-before=$(acked_count)
+term_before=$(term_now)
 log "fault 1 repaired: docker start node$killed"
 docker start "$(cid "$killed")" >/dev/null
 ms=$(wait_caught_up "$killed" 60)
 log "  node$killed caught up after $(fmt_ms "$ms") (applied index reached the leader's commit index)"
-record "restart killed node" "node$killed" "-" "-" "caught up in $(fmt_ms "$ms")"
 sleep "$settle"
+record "restart killed node" "node$killed" "node$(current_leader)" "$term_before->$(term_now)" "-" \
+    "caught up in $(fmt_ms "$ms")"
 
 # 3. Pause a follower.
-leader=$(wait_leader 10)
+read -r leader term_before < <(cluster_leader 1s)
+((leader != 0)) || leader=$(wait_leader 10)
 follower=$((leader % 3 + 1))
 before=$(acked_count)
 log "fault 2: docker pause node$follower (a follower) for ${settle}s"
@@ -325,12 +339,19 @@ paused_node=""
 ((during > 0)) || die "no write was acknowledged while follower node$follower was paused"
 ms=$(wait_caught_up "$follower" 60)
 log "  $during writes acknowledged during the pause; node$follower caught up $(fmt_ms "$ms") after unpause"
-after_leader=$(wait_leader 10)
-record "pause follower" "node$follower" "node$after_leader" "-" "$during writes acked while paused; caught up in $(fmt_ms "$ms")"
 sleep "$settle"
+read -r after_leader term_after < <(cluster_leader 1s)
+note="$during writes acked while paused; caught up in $(fmt_ms "$ms")"
+if ((term_after != term_before)); then
+    # Raft without pre-vote: the resumed follower's election timer has long expired, it
+    # campaigns at a higher term, and the leader steps down when it sees that term.
+    note+="; its election after unpause deposed the leader"
+fi
+record "pause follower" "node$follower" "node$after_leader" "$term_before->$term_after" "-" "$note"
 
 # 4. Cut the leader off the network.
-leader=$(wait_leader 10)
+read -r leader term_before < <(cluster_leader 1s)
+((leader != 0)) || leader=$(wait_leader 10)
 network=$(node_network "$leader")
 [[ -n $network ]] || die "cannot find node$leader's network"
 before=$(acked_count)
@@ -345,21 +366,26 @@ log "  writes succeed again after $(fmt_ms "$ms"); new leader node$new_leader"
 if ((ms > max_failover_ms)); then max_failover_ms=$ms; fi
 sleep "$settle"
 during=$(($(acked_count) - before))
+record "disconnect leader from network" "node$leader" "node$new_leader" "$term_before->$(term_now)" \
+    "$(fmt_ms "$ms")" "$during writes acked while cut off"
+
+term_before=$(term_now)
 log "fault 3 repaired: docker network connect --alias node$leader $network node$leader"
 docker network connect --alias "node$leader" "$network" "$(cid "$leader")"
 disconnected_node=""
-record "disconnect leader from network" "node$leader" "node$new_leader" "$(fmt_ms "$ms")" "$during writes acked while cut off"
 ms=$(wait_caught_up "$leader" 60)
 # A write sent only to the reconnected node: it must find the leader by its DNS name and
 # forward (or lead again); this proves name resolution works both ways after the reconnect.
 wait_writable "$(endpoint "$leader")" "$(now_ms)" 30 >/dev/null
 log "  node$leader caught up $(fmt_ms "$ms") after reconnecting, and accepts writes again"
-record "reconnect node" "node$leader" "-" "-" "caught up in $(fmt_ms "$ms"); forwards writes"
 sleep "$settle"
+record "reconnect node" "node$leader" "node$(current_leader)" "$term_before->$(term_now)" "-" \
+    "caught up in $(fmt_ms "$ms"); forwards writes"
 
 # 5. Restart the whole cluster.
-before=$(acked_count)
+term_before=$(term_now)
 log "fault 4: restarting the whole cluster (compose stop, then start)"
+t_stop=$(now_ms)
 compose stop >/dev/null 2>&1
 t0=$(now_ms)
 compose start >/dev/null 2>&1
@@ -367,7 +393,8 @@ ms=$(wait_writable "$ALL_ENDPOINTS" "$t0" 60)
 new_leader=$(wait_leader 10)
 log "  writes succeed again $(fmt_ms "$ms") after start; leader node$new_leader"
 wait_cluster_ready 60
-record "restart whole cluster" "all" "node$new_leader" "$(fmt_ms "$ms")" "time measured from compose start"
+record "restart whole cluster" "all" "node$new_leader" "$term_before->$(term_now)" "$(fmt_ms "$ms")" \
+    "from compose start; writes were down $(fmt_ms $((ms + t0 - t_stop))) in all"
 sleep "$settle"
 
 # --- verification ---------------------------------------------------------------------------
@@ -433,19 +460,20 @@ elections=$(awk '$2 != 0 { terms[$3] = 1 } END { n = 0; for (t in terms) n++; pr
 read -r _ final_term < <(cluster_leader 1s)
 
 echo
-echo "Faults (time to writable = from the fault until a write through the other nodes succeeds)"
-printf '%-34s %-9s %-9s %-11s %s\n' "fault" "target" "leader" "writable" "notes"
+echo "Faults (leader = leader afterwards; term = before->after; writable = time from the fault"
+echo "until a write through the surviving nodes succeeds)"
+printf '%-31s %-7s %-7s %-7s %-9s %s\n' "fault" "target" "leader" "term" "writable" "notes"
 printf '%s\n' "${faults[@]}"
 echo
 printf 'Summary\n'
-printf '  %-40s %s\n' "faults injected" "4 (kill leader, pause follower, disconnect leader, restart cluster)"
-printf '  %-40s %s\n' "leader changes observed" "$leader_changes to another node; $elections elections won (term $first_term -> $final_term)"
-printf '  %-40s %s\n' "time to a new leader serving writes (max)" "$(fmt_ms "$max_failover_ms")"
-printf '  %-40s %s\n' "writes acknowledged" "$n_acked"
-printf '  %-40s %s\n' "writes failed (outcome unknown)" "$n_failed"
-printf '  %-40s %s\n' "acknowledged writes lost" "$lost"
-printf '  %-40s %s\n' "acknowledged writes unreadable" "$unreadable"
-printf '  %-40s %s\n' "total time" "$((SECONDS - test_start))s"
+printf '  %-42s %s\n' "faults injected" "4 (kill leader, pause follower, disconnect leader, restart cluster)"
+printf '  %-42s %s\n' "leader changes observed" "$leader_changes to another node; $elections elections won (term $first_term -> $final_term)"
+printf '  %-42s %s\n' "time to a new leader serving writes (max)" "$(fmt_ms "$max_failover_ms")"
+printf '  %-42s %s\n' "writes acknowledged" "$n_acked"
+printf '  %-42s %s\n' "writes failed (outcome unknown)" "$n_failed"
+printf '  %-42s %s\n' "acknowledged writes lost" "$lost"
+printf '  %-42s %s\n' "acknowledged writes unreadable" "$unreadable"
+printf '  %-42s %s\n' "total time" "$((SECONDS - test_start))s"
 echo
 
 if ((lost > 0 || unreadable > 0)); then
