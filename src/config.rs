@@ -18,6 +18,21 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
 
+    /// Address of the HTTP gateway (curl-friendly /kv, /metrics, /health). Off unless set.
+    #[arg(long, env = "RAFTKV_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Join a running cluster instead of initialising one: the gRPC endpoints (host:port,
+    /// comma-separated) of its members. The node asks to be added as a learner, catches up, and
+    /// is promoted to voter. Ignored once the node has Raft state (a restart).
+    #[arg(
+        long,
+        env = "RAFTKV_JOIN",
+        value_delimiter = ',',
+        conflicts_with = "initial_cluster"
+    )]
+    pub join: Vec<String>,
+
     /// host:port that peers and clients use to reach this node. Defaults to this node's entry in
     /// --initial-cluster, else to --listen.
     #[arg(long, env = "RAFTKV_ADVERTISE", value_parser = parse_host_port)]
@@ -149,6 +164,12 @@ impl ServeArgs {
                     "--advertise {advertise} differs from this node's --initial-cluster entry {entry}"
                 ));
             }
+        }
+        if self.advertise.is_none() && own_entry.is_none() && self.listen.ip().is_unspecified() {
+            return Err(format!(
+                "--advertise is required when listening on {} without --initial-cluster: peers need a reachable address",
+                self.listen
+            ));
         }
         Ok(self
             .advertise

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod expiry;
+pub mod http;
 pub mod network;
 pub mod node;
 pub mod proto;

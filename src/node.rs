@@ -71,6 +71,14 @@ pub async fn serve(
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let http_listener = match args.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?,
+        ),
+        None => None,
+    };
 
     let raft = Raft::new(
         args.id,
@@ -122,6 +130,35 @@ pub async fn serve(
     let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
     tokio::spawn(expiry::run(raft.clone(), reader));
 
+    // One stop signal for both front doors.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let http = http_listener.map(|listener| {
+        let gateway = crate::http::Gateway {
+            kv: kv.clone(),
+            raft: raft.clone(),
+        };
+        tracing::info!(http = %args.http_listen.map(|a| a.to_string()).unwrap_or_default(), "HTTP gateway serving");
+        tokio::spawn(crate::http::serve(listener, gateway, stopped()))
+    });
+    if !args.join.is_empty() {
+        tokio::spawn(join_cluster(
+            raft.clone(),
+            args.id,
+            address.clone(),
+            args.join.clone(),
+        ));
+    }
+
     let server = tonic::transport::Server::builder()
         .add_service(KvService::server(kv.clone()))
         .add_service(ClusterService::server(
@@ -134,8 +171,15 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped());
     let served = server.await;
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(e)) => tracing::warn!("HTTP gateway failed: {e}"),
+            Err(e) => tracing::warn!("HTTP gateway task failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
 
     tracing::info!("shutting down raft");
     if let Err(e) = raft.shutdown().await {
@@ -198,5 +242,74 @@ async fn track_health(raft: Raft, health: HealthReporter) {
         if metrics.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// `--join`: asks the cluster to add this node as a learner (the leader replicates the log or a
+/// snapshot to it and answers once it has caught up), then to promote it to voter. Retries with
+/// backoff until both steps succeed, because the cluster may be mid-election when we start.
+async fn join_cluster(
+    raft: Raft,
+    id: crate::types::NodeId,
+    address: String,
+    endpoints: Vec<String>,
+) {
+    use crate::proto::v1::cluster_client::ClusterClient;
+    use crate::proto::v1::{AddLearnerRequest, PromoteRequest};
+
+    if raft.is_initialized().await.unwrap_or(true) {
+        let in_membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if in_membership {
+            tracing::info!("already a cluster member; --join ignored");
+            return;
+        }
+    }
+    let mut backoff = Duration::from_millis(200);
+    let mut step_done = false;
+    loop {
+        for endpoint in &endpoints {
+            let Ok(channel) = crate::network::lazy_channel(endpoint) else {
+                tracing::error!(endpoint, "--join: not a host:port address");
+                continue;
+            };
+            let mut client = ClusterClient::new(channel);
+            if !step_done {
+                let request = AddLearnerRequest {
+                    id,
+                    address: address.clone(),
+                };
+                match client.add_learner(request).await {
+                    Ok(_) => {
+                        tracing::info!(endpoint, "joined as a learner and caught up");
+                        step_done = true;
+                    }
+                    Err(status) => {
+                        tracing::warn!(
+                            endpoint,
+                            "--join: add learner failed: {}",
+                            status.message()
+                        );
+                        continue;
+                    }
+                }
+            }
+            match client.promote(PromoteRequest { ids: vec![id] }).await {
+                Ok(_) => {
+                    tracing::info!(endpoint, "promoted to voter");
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(endpoint, "--join: promote failed: {}", status.message())
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -418,13 +418,15 @@ fn playground_starts_serves_stops_on_ctrl_c_and_resumes_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let pg_dir = dir.path().join("pg");
     let base = free_port_block();
+    let http_base = free_port_block();
     let endpoints = (0..3)
         .map(|i| format!("127.0.0.1:{}", base + i))
         .collect::<Vec<_>>()
         .join(",");
     let start = || {
         Command::new(RAFTKV)
-            .args(["playground", "--base-port", &base.to_string(), "--dir"])
+            .args(["playground", "--base-port", &base.to_string()])
+            .args(["--http-base-port", &http_base.to_string(), "--dir"])
             .arg(&pg_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

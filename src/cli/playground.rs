@@ -32,6 +32,10 @@ pub struct PlaygroundArgs {
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
 
+    /// HTTP gateway port of node 1; nodes 2 and 3 use the next two.
+    #[arg(long, default_value_t = 8001)]
+    pub http_base_port: u16,
+
     /// How long to wait for a leader before giving up.
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     pub wait: Duration,
@@ -85,11 +89,12 @@ impl Drop for Nodes {
     }
 }
 
+/// Starts node `id` with gRPC on `ports.0 + id - 1` and HTTP on `ports.1 + id - 1`.
 fn spawn_node(
     exe: &Path,
     dir: &Path,
     id: u64,
-    base_port: u16,
+    ports: (u16, u16),
     cluster: &str,
 ) -> Result<Child, CliError> {
     let fail = |what: String| CliError::new(exit::UNAVAILABLE, what);
@@ -102,11 +107,13 @@ fn spawn_node(
     let log_err = log
         .try_clone()
         .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
-    let port = base_port + id as u16 - 1;
+    let offset = id as u16 - 1;
+    let (port, http_port) = (ports.0 + offset, ports.1 + offset);
     Command::new(exe)
         .arg("serve")
         .args(["--id", &id.to_string()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .arg("--data-dir")
         .arg(dir.join(format!("node{id}")))
         .args(["--initial-cluster", cluster])
@@ -154,7 +161,13 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
         children: Vec::new(),
     };
     for id in 1..=3 {
-        let child = spawn_node(&exe, &dir, id, args.base_port, &cluster)?;
+        let child = spawn_node(
+            &exe,
+            &dir,
+            id,
+            (args.base_port, args.http_base_port),
+            &cluster,
+        )?;
         nodes.children.push((id, child));
     }
 
@@ -183,7 +196,11 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     println!("raftkv playground: 3 nodes running, leader is node {leader}");
     println!("  data and logs: {}", dir.display());
     for (i, endpoint) in endpoints.iter().enumerate() {
-        println!("  node {}: {endpoint}", i + 1);
+        println!(
+            "  node {}: gRPC {endpoint}  HTTP http://127.0.0.1:{}",
+            i + 1,
+            args.http_base_port + i as u16
+        );
     }
     println!();
     println!("Try:");
@@ -198,6 +215,14 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     println!(
         "  grpcurl -plaintext -d '{{\"key\":\"greeting\"}}' {} raftkv.v1.KV/Get",
         endpoints[1]
+    );
+    println!(
+        "  curl -X PUT --data-binary hello http://127.0.0.1:{}/kv/greeting",
+        args.http_base_port
+    );
+    println!(
+        "  curl http://127.0.0.1:{}/kv/greeting",
+        args.http_base_port + 1
     );
     println!();
     println!("Press Ctrl-C to stop all three nodes.");
