@@ -48,7 +48,8 @@ pub fn raft_config(args: &ServeArgs) -> anyhow::Result<Config> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_every),
         max_in_snapshot_log_to_keep: args.logs_kept,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-        purge_batch_size: 64,
+        // Purge at most every 64 entries, and never wait for more entries than a snapshot covers.
+        purge_batch_size: args.snapshot_every.min(64),
         ..Default::default()
     };
     config

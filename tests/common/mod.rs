@@ -71,6 +71,8 @@ pub struct TestNode {
     pub address: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Started with `--join <the other nodes>` instead of `--initial-cluster`.
+    pub joins: bool,
     child: Option<Child>,
 }
 
@@ -101,6 +103,7 @@ impl TestCluster {
                 address: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
+                joins: false,
                 child: None,
             })
             .collect();
@@ -139,6 +142,13 @@ impl TestCluster {
     /// (Re)starts a node's process on its address and data dir.
     pub fn start_node(&mut self, id: u64) {
         let initial_cluster = self.initial_cluster.clone();
+        let founders = self
+            .nodes
+            .iter()
+            .filter(|n| !n.joins)
+            .map(|n| n.address.clone())
+            .collect::<Vec<_>>()
+            .join(",");
         let extra_args = self.extra_args.clone();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
@@ -147,13 +157,18 @@ impl TestCluster {
             .append(true)
             .open(&node.log)
             .expect("node log file");
+        let membership = if node.joins {
+            ["--join", &founders]
+        } else {
+            ["--initial-cluster", &initial_cluster]
+        };
         let child = Command::new(RAFTKV)
             .arg("serve")
             .args(["--id", &id.to_string()])
             .args(["--listen", &node.address])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["--initial-cluster", &initial_cluster])
+            .args(membership)
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
             .args(&extra_args)
             .env("RAFTKV_LOG", "info")
@@ -163,6 +178,21 @@ impl TestCluster {
             .spawn()
             .expect("spawn raftkv serve");
         node.child = Some(child);
+    }
+
+    /// Adds and starts a new, empty node that joins the running cluster with `--join`.
+    pub fn start_joining_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        self.nodes.push(TestNode {
+            id,
+            address: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            log: self.dir.path().join(format!("node{id}.log")),
+            joins: true,
+            child: None,
+        });
+        self.start_node(id);
+        id
     }
 
     /// SIGKILL: the process gets no chance to flush or say goodbye.
