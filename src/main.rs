@@ -52,6 +52,10 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Put(args) => commands::put(args).await,
         Command::Get(args) => commands::get(args).await,
         Command::Del(args) => commands::del(args).await,
+        Command::Scan(args) => commands::scan(args).await,
+        Command::Cas(args) => commands::cas(args).await,
+        Command::Metrics(args) => commands::metrics(args).await,
+        Command::Cluster(command) => commands::cluster(command).await,
         Command::Status(args) => commands::status(args).await,
         Command::Health(args) => commands::health(args).await,
     }

@@ -3,8 +3,10 @@
 //!
 //! Only failures that mean "this node cannot serve now" (UNAVAILABLE, a deadline, a refused
 //! connection) move on to the next endpoint; a definite answer such as NOT_FOUND or
-//! INVALID_ARGUMENT is returned at once. Retrying writes is safe here because Put and Delete are
-//! idempotent.
+//! INVALID_ARGUMENT is returned at once. Retrying writes is safe with [`Client::call`] because
+//! Put, Delete and Batch are idempotent (writing the same values again, or deleting again, leaves
+//! the same state) and membership changes converge on a target membership. Compare-and-swap is
+//! not idempotent and goes through [`Client::call_at_most_once`] instead.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -29,11 +31,13 @@ impl CliError {
         }
     }
 
-    /// Maps a server's answer to the exit codes of [`exit`].
+    /// Maps a server's answer to the exit codes of [`exit`]. FAILED_PRECONDITION (a membership
+    /// change the current membership does not allow, e.g. promoting a node that is not a
+    /// learner) is the caller's mistake like INVALID_ARGUMENT: repeating it will not help.
     pub fn from_status(status: &Status) -> Self {
         let code = match status.code() {
             Code::NotFound => exit::NOT_FOUND,
-            Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => exit::USAGE,
             _ => exit::UNAVAILABLE,
         };
         Self::new(code, status.message().to_string())
@@ -97,6 +101,16 @@ impl Client {
         F: Fn(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.call_answered(call).await.map(|(_, value)| value)
+    }
+
+    /// Like [`Client::call`], and also says which endpoint answered (commands that show one
+    /// node's view, such as metrics and status, name the node they asked).
+    pub async fn call_answered<T, F, Fut>(&self, call: F) -> Result<(String, T), CliError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(100);
         let mut last_error = None;
@@ -111,7 +125,7 @@ impl Client {
                     call(channel, remaining).await
                 };
                 match tokio::time::timeout(remaining, attempt).await {
-                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Ok(value)) => return Ok((endpoint.clone(), value)),
                     Ok(Err(status)) if retryable(&status) => {
                         last_error = Some(format!("{endpoint}: {}", status.message()))
                     }
@@ -119,20 +133,93 @@ impl Client {
                     Err(_) => last_error = Some(format!("{endpoint}: no answer in time")),
                 }
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                let detail = last_error.unwrap_or_else(|| "no attempt finished".into());
-                return Err(CliError::new(
-                    exit::UNAVAILABLE,
-                    format!(
-                        "cluster unavailable after {:?}: last error from {detail}",
-                        self.timeout
-                    ),
-                ));
-            }
-            tokio::time::sleep(backoff.min(remaining)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            backoff = self.pause(deadline, backoff, &last_error).await?;
         }
+    }
+
+    /// Sends a request that must not be applied twice (compare-and-swap) at most once.
+    ///
+    /// Endpoints are tried in turn, with backoff, only while *connecting* fails: then nothing
+    /// has been sent and trying elsewhere is safe. Once the request has gone out, any failure
+    /// that leaves its outcome unknown (UNAVAILABLE, a deadline, a reset connection — the leader
+    /// may have applied it and the answer been lost on the way back) is reported as such and
+    /// not retried. Retrying there could apply the swap twice, or report a failed condition for
+    /// a swap that in fact succeeded the first time; only the caller, after reading the key,
+    /// can tell which.
+    pub async fn call_at_most_once<T, F, Fut>(&self, call: F) -> Result<T, CliError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_error = None;
+        loop {
+            for endpoint in &self.endpoints {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                let channel = match tokio::time::timeout(remaining, Self::connect(endpoint)).await {
+                    Ok(Ok(channel)) => channel,
+                    Ok(Err(status)) if status.code() == Code::InvalidArgument => {
+                        return Err(CliError::from_status(&status))
+                    }
+                    Ok(Err(status)) => {
+                        last_error = Some(format!("{endpoint}: {}", status.message()));
+                        continue;
+                    }
+                    Err(_) => {
+                        last_error = Some(format!("{endpoint}: no connection in time"));
+                        continue;
+                    }
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                return match tokio::time::timeout(remaining, call(channel, remaining)).await {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(status)) if !retryable(&status) => Err(CliError::from_status(&status)),
+                    Ok(Err(status)) => Err(Self::outcome_unknown(endpoint, status.message())),
+                    Err(_) => Err(Self::outcome_unknown(endpoint, "no answer in time")),
+                };
+            }
+            backoff = self.pause(deadline, backoff, &last_error).await?;
+        }
+    }
+
+    /// The error for a request that was sent but whose result never came back.
+    fn outcome_unknown(endpoint: &str, detail: &str) -> CliError {
+        CliError::new(
+            exit::UNAVAILABLE,
+            format!(
+                "{endpoint}: {detail}; the request was sent and may or may not have been applied \
+                 (not retried: read the key before trying again)"
+            ),
+        )
+    }
+
+    /// Sleeps before the next round over the endpoints, or gives up at the deadline; returns
+    /// the next backoff.
+    async fn pause(
+        &self,
+        deadline: Instant,
+        backoff: Duration,
+        last_error: &Option<String>,
+    ) -> Result<Duration, CliError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            let detail = last_error
+                .clone()
+                .unwrap_or_else(|| "no attempt finished".into());
+            return Err(CliError::new(
+                exit::UNAVAILABLE,
+                format!(
+                    "cluster unavailable after {:?}: last error from {detail}",
+                    self.timeout
+                ),
+            ));
+        }
+        tokio::time::sleep(backoff.min(remaining)).await;
+        Ok((backoff * 2).min(Duration::from_secs(1)))
     }
 }
 
