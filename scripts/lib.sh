@@ -72,8 +72,9 @@ require_docker() {
     detect_compose || die "neither 'docker compose' nor 'docker-compose' is installed"
 }
 
-# Container id of service nodeN (empty when it does not exist).
-cid() { compose ps -q "node$1" 2>/dev/null; }
+# Container id of service nodeN, also when it is stopped (empty when it does not exist).
+# --all: Compose v2 lists only running containers without it.
+cid() { compose ps --all -q "node$1" 2>/dev/null | awk "NR == 1"; }
 
 # Host endpoint of node N.
 endpoint() { printf '127.0.0.1:%d' $((7000 + $1)); }
