@@ -51,6 +51,7 @@ skip() {
 command -v docker >/dev/null 2>&1 || skip "docker is not installed"
 docker info >/dev/null 2>&1 || skip "no Docker engine is reachable (docker info failed)"
 detect_compose || skip "neither 'docker compose' nor 'docker-compose' is installed"
+command -v cargo >/dev/null 2>&1 || die "cargo is not installed; it is needed to build the binary"
 
 cleanup() {
     local status=$?
