@@ -24,6 +24,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -515,8 +516,9 @@ fn prometheus_text(m: &pb::MetricsResponse) -> String {
     out.0
 }
 
-/// `GET /health`: 200 `ok` when this node sees a leader and has applied everything it knows to
-/// be committed (so a read here is current); 503 with the reason otherwise.
+/// `GET /health`: 200 `ok` when this node sees a leader (confirmed by a quorum, if it is the
+/// leader itself) and has applied everything it knows to be committed (so a stale read here is
+/// current); 503 with a one-line reason otherwise.
 async fn health(State(gateway): State<Gateway>) -> Response {
     match readiness(&gateway.raft).await {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
@@ -525,9 +527,15 @@ async fn health(State(gateway): State<Gateway>) -> Response {
 }
 
 async fn readiness(raft: &Raft) -> Result<(), String> {
-    let leader = raft.metrics().borrow().current_leader;
-    if leader.is_none() {
-        return Err("no leader".to_string());
+    let (id, leader) = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.id, metrics.current_leader)
+    };
+    match leader {
+        None => return Err("no leader".to_string()),
+        Some(leader) if leader == id => confirm_leadership(raft).await?,
+        Some(_) => {}
     }
     let committed = raft
         .with_raft_state(|state| state.committed.map(|id| id.index))
@@ -548,6 +556,26 @@ async fn readiness(raft: &Raft) -> Result<(), String> {
         "applied {} of {committed} committed entries",
         applied.unwrap_or(0)
     ))
+}
+
+/// A leader cut off from its peers does not step down by itself (openraft has no check-quorum),
+/// so it would keep naming itself leader; one heartbeat round to a quorum tells it apart.
+async fn confirm_leadership(raft: &Raft) -> Result<(), String> {
+    match tokio::time::timeout(APPLY_GRACE, raft.get_read_log_id()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => Err(format!(
+            "this node leads but cannot reach a quorum: only nodes {:?} answered",
+            e.got
+        )),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+            Err("this node just lost its leadership".to_string())
+        }
+        Ok(Err(RaftError::Fatal(e))) => Err(format!("raft is not running on this node: {e}")),
+        Err(_) => Err(format!(
+            "this node leads but no quorum confirmed it within {} ms",
+            APPLY_GRACE.as_millis()
+        )),
+    }
 }
 
 #[cfg(test)]
