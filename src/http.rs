@@ -81,6 +81,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(gateway)
 }
@@ -139,6 +140,17 @@ async fn not_found(request: Request) -> Failure {
         StatusCode::NOT_FOUND,
         format!(
             "no such endpoint: {} {}; try /kv/<key>, /kv?prefix=, /metrics or /health",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Failure {
+    Failure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {} is not allowed on {}; /kv/<key> takes GET, PUT and DELETE, the others GET",
             request.method(),
             request.uri().path()
         ),

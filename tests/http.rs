@@ -444,6 +444,15 @@ async fn errors_carry_the_grpc_message(
         .get(1, "/nowhere")
         .await
         .expect(StatusCode::NOT_FOUND, "unknown path");
+    let wrong = cluster
+        .send(Method::POST, 1, "/kv/greeting", Some(b"v".to_vec()))
+        .await
+        .expect(StatusCode::METHOD_NOT_ALLOWED, "POST on a key");
+    assert!(
+        wrong.text().starts_with("method POST is not allowed"),
+        "{}",
+        wrong.text()
+    );
     for reply in [
         cluster.get(1, "/kv/greeting").await,
         cluster.get(1, "/kv/nope").await,
