@@ -614,6 +614,30 @@ async fn compare_and_swap_succeeds_fails_and_reports_the_current_state() {
             )
             .await;
         assert_one_error_line(&down, "cluster unavailable");
+
+        // A first endpoint that accepts the connection and then never answers: the CAS has been
+        // sent, so it must not be re-sent to the healthy nodes behind it (exit 3, not applied).
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("silent listener");
+        let silent = silent.local_addr().expect("silent address").to_string();
+        let black_hole = Cli {
+            endpoints: format!("{silent},{}", cli.endpoints),
+        };
+        let unknown = black_hole
+            .expect(
+                3,
+                &[
+                    "cas",
+                    "once",
+                    "--expect-revision",
+                    "0",
+                    "v",
+                    "--timeout",
+                    "2s",
+                ],
+            )
+            .await;
+        assert_one_error_line(&unknown, "may or may not have been applied");
+        cli.expect(1, &["get", "once"]).await;
     })
     .await
 }
