@@ -92,7 +92,7 @@ pub struct GetArgs {
     #[arg(long)]
     pub stale: bool,
 
-    /// Print one JSON document (see below).
+    /// Print one JSON document (its shape is described in --help).
     #[arg(long)]
     pub json: bool,
 
@@ -153,7 +153,7 @@ pub struct ScanArgs {
     #[arg(long)]
     pub stale: bool,
 
-    /// Print one JSON document (see below).
+    /// Print one JSON document (its shape is described in --help).
     #[arg(long)]
     pub json: bool,
 
@@ -213,7 +213,7 @@ value_bytes, get_ops, put_ops, delete_ops, batch_ops, cas_ops, scan_ops, batch_g
 leader_id, commit_index, applied_index, is_leader, followers: [{id, matched_index}]) plus
 \"endpoint\", the address that answered.")]
 pub struct MetricsArgs {
-    /// Print one JSON document (see below).
+    /// Print one JSON document (its shape is described in --help).
     #[arg(long)]
     pub json: bool,
 
@@ -228,7 +228,7 @@ leader_id, leader_address, term, last_log_index, commit_index, last_applied_inde
 snapshot_index, purged_index, voters and learners as [{id, address}]) plus \"endpoint\", the
 address that answered.")]
 pub struct StatusArgs {
-    /// Print one JSON document (see below).
+    /// Print one JSON document (its shape is described in --help).
     #[arg(long)]
     pub json: bool,
 
