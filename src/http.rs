@@ -528,8 +528,8 @@ fn prometheus_text(m: &pb::MetricsResponse) -> String {
     out.0
 }
 
-/// `GET /health`: 200 `ok` when this node sees a leader (confirmed by a quorum, if it is the
-/// leader itself) and has applied everything it knows to be committed (so a stale read here is
+/// `GET /health`: 200 `ok` when this node is a cluster member, sees a leader (confirmed by a
+/// quorum, if it is the leader itself) and has applied everything it knows to be committed (so a stale read here is
 /// current); 503 with a one-line reason otherwise.
 async fn health(State(gateway): State<Gateway>) -> Response {
     match readiness(&gateway.raft).await {
@@ -539,11 +539,21 @@ async fn health(State(gateway): State<Gateway>) -> Response {
 }
 
 async fn readiness(raft: &Raft) -> Result<(), String> {
-    let (id, leader) = {
+    let (id, leader, is_member) = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
-        (metrics.id, metrics.current_leader)
+        let membership = metrics.membership_config.membership();
+        (
+            metrics.id,
+            metrics.current_leader,
+            membership.get_node(&metrics.id).is_some(),
+        )
     };
+    // A removed node keeps naming its old leader (nothing tells it otherwise), so the leader
+    // check alone would call it healthy; same rule as the gRPC health service.
+    if !is_member {
+        return Err("this node is not a cluster member (removed, or not joined yet)".to_string());
+    }
     match leader {
         None => return Err("no leader".to_string()),
         Some(leader) if leader == id => confirm_leadership(raft).await?,

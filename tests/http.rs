@@ -14,8 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{bounded, channel_to, free_port, RAFTKV};
+use raftkv::proto::v1::cluster_client::ClusterClient;
 use raftkv::proto::v1::kv_client::KvClient;
-use raftkv::proto::v1::{GetRequest, PutRequest};
+use raftkv::proto::v1::{GetRequest, PutRequest, RemoveNodeRequest};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -738,6 +739,34 @@ async fn metrics_count_the_requests_this_node_received() {
                 >= sample(&leader_before, "raftkv_raft_applied_index") + 3,
             "the leader applied the 3 writes"
         );
+
+        // A removed node is not healthy.
+        let removed = (1..=3)
+            .find(|id| ![leader, follower].contains(id))
+            .expect("third node");
+        let channel = channel_to(&cluster.node(leader).grpc)
+            .await
+            .expect("channel");
+        ClusterClient::new(channel)
+            .remove_node(RemoveNodeRequest { id: removed })
+            .await
+            .expect("remove node");
+        let reason = cluster
+            .wait_health(
+                removed,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Duration::from_secs(30),
+            )
+            .await;
+        // It only learns of its removal if the final membership entry reaches it before the
+        // leader stops replicating to it; usually it does not, and loses its leader instead.
+        assert!(
+            reason.contains("not a cluster member") || reason == "no leader",
+            "{reason}"
+        );
+        cluster
+            .wait_health(follower, StatusCode::OK, Duration::from_secs(10))
+            .await;
     })
     .await
 }
