@@ -120,11 +120,14 @@ impl Client {
                 if remaining.is_zero() {
                     break;
                 }
+                // A node that accepts connections but never answers (paused, cut off) must not
+                // use up the whole deadline before the healthy endpoints behind it are tried.
+                let budget = remaining.min(self.attempt_budget());
                 let attempt = async {
                     let channel = Self::connect(endpoint).await?;
-                    call(channel, remaining).await
+                    call(channel, budget).await
                 };
-                match tokio::time::timeout(remaining, attempt).await {
+                match tokio::time::timeout(budget, attempt).await {
                     Ok(Ok(value)) => return Ok((endpoint.clone(), value)),
                     Ok(Err(status)) if retryable(&status) => {
                         last_error = Some(format!("{endpoint}: {}", status.message()))
@@ -135,6 +138,12 @@ impl Client {
             }
             backoff = self.pause(deadline, backoff, &last_error).await?;
         }
+    }
+
+    /// Longest single attempt: a third of the timeout, but never under 2 s, which covers a write
+    /// that waits out a leader election (1-2 s by default).
+    fn attempt_budget(&self) -> Duration {
+        (self.timeout / 3).max(Duration::from_secs(2))
     }
 
     /// Sends a request that must not be applied twice (compare-and-swap) at most once.
