@@ -108,7 +108,7 @@ cleanup() {
         docker network connect --alias "node$disconnected_node" "$disconnected_network" \
             "$(cid "$disconnected_node")" >/dev/null 2>&1
     fi
-    if ((!passed)); then
+    if ((!passed && status != 130)); then
         warn "failed; last lines of each node's log:"
         compose logs --no-color --tail 25 >&2 2>/dev/null
         warn "writer errors and samples are kept in $work"
@@ -117,6 +117,10 @@ cleanup() {
         log "cleanup: removing the cluster this test started (with its volumes)"
         "$RAFTKV_ROOT/scripts/cluster-down.sh" --volumes >/dev/null 2>&1 ||
             warn "scripts/cluster-down.sh --volumes failed"
+    elif ((!passed)); then
+        # Leave a cluster that is kept as complete as it was found: start any node this test
+        # killed or stopped and did not get to start again.
+        compose start >/dev/null 2>&1 || warn "could not start the cluster's stopped nodes"
     fi
     if ((passed && !keep)); then
         rm -rf "$work"
