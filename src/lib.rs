@@ -6,6 +6,7 @@
 //! [`node`] wires these parts together for `raftkv serve`; [`cli`] is every other subcommand.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod expiry;

@@ -58,6 +58,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Cluster(command) => commands::cluster(command).await,
         Command::Status(args) => commands::status(args).await,
         Command::Health(args) => commands::health(args).await,
+        Command::Bench(args) => raftkv::bench::run(args).await,
     }
 }
 

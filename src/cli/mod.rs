@@ -57,9 +57,11 @@ pub enum Command {
     Cluster(commands::ClusterCommand),
     /// Show a node's view of the cluster (same as `raftkv cluster status`).
     Status(commands::StatusArgs),
-    /// Exit 0 when the first endpoint reports SERVING (in a cluster with a leader), 3 otherwise.
+    /// Exit 0 when the node reports SERVING (a member of a cluster with a leader), 3 otherwise.
     /// Meant for container healthchecks: it asks only that one node and never retries.
     Health(commands::HealthArgs),
+    /// Load a cluster and report throughput and latency percentiles.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where and how long a client command tries.
