@@ -51,8 +51,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 100)]
     pub heartbeat_ms: u64,
 
-    /// A follower that hears no leader for a random time in [min, 2×min) milliseconds starts an
-    /// election. Must be well above the heartbeat plus one disk flush.
+    /// Election timeout: a random time in [min, 2×min) milliseconds. A follower campaigns once the
+    /// old leader's lease (2×min) and then such a timeout have passed without a heartbeat, so a
+    /// leader failure costs about 3-4×min. Must be well above the heartbeat plus one disk flush.
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
     pub election_timeout_ms: u64,
 

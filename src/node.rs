@@ -36,7 +36,9 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// openraft's defaults (heartbeat 50 ms, election 150–300 ms) assume an in-memory log; here every
 /// append waits for a sled flush, and a busy two-core machine can stall a process for tens of
 /// milliseconds, which at those defaults starts needless elections. The defaults chosen here are
-/// etcd's: heartbeat 100 ms, election timeout 1–2 s; a leader failure costs 1–2 s of writes.
+/// etcd's: heartbeat 100 ms, election timeout 1–2 s. A leader failure costs 3–5 s of writes,
+/// because openraft 0.9 lets a follower campaign only after the old leader's lease (the maximum
+/// election timeout) and then a random election timeout have passed.
 pub fn raft_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let config = Config {
         cluster_name: "raftkv".to_string(),
