@@ -115,9 +115,14 @@ pub async fn prepopulate(
     value: &[u8],
 ) -> Result<(), CliError> {
     let mut connection = connection.clone();
+    // etcd refuses transactions of more than 128 operations by default (--max-txn-ops).
+    let chunk = match args.target {
+        TargetKind::Raftkv => 500,
+        TargetKind::Etcd => 100,
+    };
     let mut next = 0;
     while next < args.keys {
-        let end = (next + 500).min(args.keys);
+        let end = (next + chunk).min(args.keys);
         let keys: Vec<String> = (next..end).map(|n| args.key(n)).collect();
         connection
             .batch(&keys, value)
