@@ -32,6 +32,7 @@ use tonic::Code;
 
 use crate::api::KvService;
 use crate::cli::parse_duration;
+use crate::cli::values;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_server::Kv;
 use crate::types::Raft;
@@ -360,7 +361,7 @@ impl KeyValueJson {
         } else {
             match String::from_utf8(kv.value) {
                 Ok(text) => (Some(text), None),
-                Err(e) => (Some(base64(e.as_bytes())), Some("base64")),
+                Err(e) => (Some(values::base64(e.as_bytes())), Some("base64")),
             }
         };
         Self {
@@ -399,28 +400,6 @@ async fn scan(
         more: reply.more,
         next_start: reply.next_start,
     }))
-}
-
-/// Standard base64 with padding (RFC 4648 §4), for non-UTF-8 values in JSON.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -610,23 +589,6 @@ async fn confirm_leadership(raft: &Raft) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let vectors = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (plain, encoded) in vectors {
-            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
-        }
-        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
-    }
 
     #[test]
     fn grpc_codes_map_to_http_statuses() {
