@@ -48,6 +48,7 @@ fn apply(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    group.throughput(Throughput::Elements(100_000));
     group.bench_function("encode a 100k-key snapshot", |b| {
         let mut map = KvMap::default();
         for i in 0..100_000 {
