@@ -22,6 +22,9 @@ pub use kv_map::ScanPage;
 pub use log_store::LogStore;
 pub use state_machine::{KvReader, StateMachineStore};
 
+/// sled's page cache size (see `open`).
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Version of the on-disk layout above; bumped when it changes incompatibly.
 const FORMAT_VERSION: u32 = 1;
 
@@ -65,6 +68,9 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
     let db = sled::Config::new()
         .path(&db_path)
         .mode(sled::Mode::HighThroughput)
+        // sled caches up to 1 GiB by default; the map already holds every value in memory and
+        // the log is read back only to replicate recent entries, so a small cache suffices.
+        .cache_capacity(SLED_CACHE_BYTES)
         .open()
         .map_err(|source| classify_open_error(&db_path, source))?;
 

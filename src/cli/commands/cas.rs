@@ -1,0 +1,120 @@
+//! `raftkv cas`: writes or deletes a key only if its current revision or value is the expected
+//! one.
+//!
+//! Unlike every other write, a compare-and-swap is not idempotent, so it is sent with
+//! `Client::call_at_most_once` and never re-sent once it has gone out: if the answer is lost
+//! (timeout, leader change), a second attempt could apply the swap twice or report a failed
+//! condition for a swap that in fact succeeded. The command then exits 3 saying the outcome is
+//! unknown. A condition that did not hold prints the key's current state and exits 1.
+
+use std::time::Duration;
+
+use clap::{ArgGroup, Args};
+
+use super::{emit_line, kv, ttl_ms, usage};
+use crate::cli::client::{request, CliError, Client};
+use crate::cli::{exit, parse_duration, values, ClientOpts};
+use crate::proto::v1::compare_and_swap_request::Expected;
+use crate::proto::v1::{CompareAndSwapRequest, CompareAndSwapResponse};
+
+#[derive(Args, Debug)]
+#[command(
+    group(ArgGroup::new("expected").required(true).args(["expect_revision", "expect_value"])),
+    after_long_help = "\
+Forms:
+  raftkv cas KEY --expect-revision N VALUE     write VALUE if KEY's revision is N (0: KEY absent)
+  raftkv cas KEY --expect-value OLD VALUE      write VALUE if KEY's value is OLD
+  raftkv cas KEY --expect-... --delete         delete KEY under the same conditions
+
+Prints `OK revision=N` when the swap happened (exit 0). When the condition did not hold it prints
+the key's current state, `current revision=N value=V` or `key does not exist`, and exits 1.
+
+A compare-and-swap is never retried once sent: if the answer is lost (timeout, leader change)
+the command exits 3 saying the outcome is unknown; read the key before trying again.")]
+pub struct CasArgs {
+    /// The key to swap.
+    pub key: String,
+
+    /// The new value (not with --delete).
+    #[arg(required_unless_present = "delete", conflicts_with = "delete")]
+    pub value: Option<String>,
+
+    /// Swap only if the key's current revision is N; 0 means the key must not exist.
+    #[arg(long, value_name = "N")]
+    pub expect_revision: Option<u64>,
+
+    /// Swap only if the key's current value is exactly this (a missing key never matches).
+    #[arg(long, value_name = "OLD")]
+    pub expect_value: Option<String>,
+
+    /// Delete the key instead of writing a value.
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Expire the written value after this long (e.g. 30s).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "delete")]
+    pub ttl: Option<Duration>,
+
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// The CompareAndSwap request for the arguments (clap guarantees exactly one expectation).
+fn cas_request(args: &CasArgs) -> Result<CompareAndSwapRequest, CliError> {
+    let expected = match (args.expect_revision, &args.expect_value) {
+        (Some(revision), None) => Expected::ExpectedRevision(revision),
+        (None, Some(value)) => Expected::ExpectedValue(value.clone().into_bytes()),
+        _ => {
+            return Err(usage(
+                "give exactly one of --expect-revision and --expect-value",
+            ))
+        }
+    };
+    Ok(CompareAndSwapRequest {
+        key: args.key.clone(),
+        expected: Some(expected),
+        value: args.value.clone().unwrap_or_default().into_bytes(),
+        delete: args.delete,
+        ttl_ms: ttl_ms(args.ttl),
+    })
+}
+
+pub async fn cas(args: CasArgs) -> Result<(), CliError> {
+    let message = cas_request(&args)?;
+    let client = Client::new(&args.client)?;
+    // Not `call`: a CAS must not be re-sent after an ambiguous failure (see the method).
+    let response = client
+        .call_at_most_once(|channel, remaining| {
+            let message = message.clone();
+            async move {
+                kv(channel)
+                    .compare_and_swap(request(message, remaining))
+                    .await
+            }
+        })
+        .await?
+        .into_inner();
+    if response.succeeded {
+        return emit_line(&format!("OK revision={}", response.revision));
+    }
+    emit_line(&cas_current_state(&response))?;
+    Err(CliError::new(
+        exit::NOT_FOUND,
+        format!(
+            "compare-and-swap of {} failed: the condition did not hold",
+            args.key
+        ),
+    ))
+}
+
+fn cas_current_state(response: &CompareAndSwapResponse) -> String {
+    if response.found {
+        format!(
+            "current revision={} value={}",
+            response.current_revision,
+            values::text(&response.current_value)
+        )
+    } else {
+        "key does not exist".to_string()
+    }
+}
