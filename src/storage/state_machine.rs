@@ -198,11 +198,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(results)
     }
 
-    /// Captures the map, last applied id and membership under one lock: openraft calls this
-    /// between applies, and the builder then encodes the copy while apply goes on.
+    /// Encodes the map and captures the last applied id and membership under one read lock.
+    /// openraft calls this on the state-machine task between applies, so the three agree.
+    /// Encoding here (about 50 ms per million keys, `cargo bench --bench storage`) pauses apply
+    /// briefly but needs one encoded copy, where cloning the map for a background encode would
+    /// hold a second full map in memory as well.
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let state = read(&self.state);
         SnapshotBuilder {
-            image: read(&self.state).clone(),
+            data: state.map.encode().map_err(|e| e.to_string()),
+            last_applied: state.last_applied,
+            membership: state.membership.clone(),
             store: self.clone(),
         }
     }
@@ -238,31 +244,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Encodes a captured [`KvState`] into a snapshot and persists it.
+/// Persists a snapshot encoded by `get_snapshot_builder`.
 pub struct SnapshotBuilder {
-    image: KvState,
+    /// The encoded map, or why it could not be encoded (reported by `build_snapshot`).
+    data: Result<Vec<u8>, String>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
     store: StateMachineStore,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = self
-            .image
-            .map
-            .encode()
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let data = std::mem::replace(&mut self.data, Err("snapshot already built".into()))
+            .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?;
         // Unique per build: two snapshots at the same log id must still be told apart.
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros())
             .unwrap_or_default();
-        let snapshot_id = match self.image.last_applied {
+        let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{nonce}", id.leader_id, id.index),
             None => format!("0-0-{nonce}"),
         };
         let meta = SnapshotMeta {
-            last_log_id: self.image.last_applied,
-            last_membership: self.image.membership.clone(),
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
             snapshot_id,
         };
         let stored = StoredSnapshot { meta, data };
