@@ -28,7 +28,7 @@ use crate::storage::codec;
 use crate::types::{Node, NodeId, TypeConfig};
 
 /// Largest replication message accepted either way: an AppendEntries is capped near
-/// [`APPEND_BYTES_BUDGET`] unless a single entry is bigger (a value up to `--max-value-bytes`),
+/// `APPEND_BYTES_BUDGET` unless a single entry is bigger (a value up to `--max-value-bytes`),
 /// and snapshot chunks are 1 MiB.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
