@@ -24,8 +24,8 @@ use crate::types::Raft;
 const APPLY_GRACE: Duration = Duration::from_secs(1);
 
 /// `GET /health`: 200 `ok` when this node is a cluster member, sees a leader (confirmed by a
-/// quorum, if it is the leader itself) and has applied everything it knows to be committed (so a stale read here is
-/// current); 503 with a one-line reason otherwise.
+/// quorum, if it is the leader itself) and has applied everything it knows to be committed (so
+/// a stale read here is current); 503 with a one-line reason otherwise.
 pub(super) async fn health(State(gateway): State<Gateway>) -> Response {
     match readiness(&gateway.raft).await {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
