@@ -56,6 +56,44 @@ pub enum Command {
     },
     /// Removes every key whose expiry is at or before the entry's stamp.
     Expire,
+    /// Independent client commands that arrived together, applied in order in one entry
+    /// (group commit; see `api::proposer`). Each gets its own result; all share the revision.
+    Multi(Vec<Command>),
+}
+
+impl Command {
+    /// Rough payload size, used to keep grouped entries small enough to replicate in time.
+    pub fn approx_bytes(&self) -> usize {
+        let put = |op: &PutOp| op.key.len() + op.value.len();
+        match self {
+            Command::Put(op) => put(op),
+            Command::Delete { key } => key.len(),
+            Command::Batch(ops) => ops
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put(op) => put(op),
+                    BatchOp::Delete { key } => key.len(),
+                })
+                .sum(),
+            Command::CompareAndSwap {
+                key,
+                expected,
+                action,
+            } => {
+                let expected = match expected {
+                    Expected::Value(v) => v.len(),
+                    Expected::Revision(_) => 8,
+                };
+                let action = match action {
+                    CasAction::Put { value, .. } => value.len(),
+                    CasAction::Delete => 0,
+                };
+                key.len() + expected + action
+            }
+            Command::Expire => 0,
+            Command::Multi(commands) => commands.iter().map(Command::approx_bytes).sum(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +183,8 @@ pub enum CommandResult {
         revision: u64,
         removed: u64,
     },
+    /// One result per command of a `Command::Multi`, in order.
+    Multi(Vec<CommandResult>),
 }
 
 impl CommandResult {
@@ -155,6 +195,7 @@ impl CommandResult {
             | CommandResult::Batch { revision, .. }
             | CommandResult::CompareAndSwap { revision, .. }
             | CommandResult::Expire { revision, .. } => *revision,
+            CommandResult::Multi(results) => results.first().map(Self::revision).unwrap_or(0),
         }
     }
 }

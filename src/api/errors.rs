@@ -6,6 +6,7 @@ use tonic::Status;
 use crate::types::{Node, NodeId};
 
 /// What to do with a request this node could not serve itself.
+#[derive(Clone)]
 pub enum Redirect {
     /// Send it to the leader at this address.
     Leader { id: NodeId, address: String },

@@ -13,21 +13,21 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::counters::OpCounters;
-use super::errors::{read_error, timed_out, write_error, Redirect};
+use super::errors::{read_error, timed_out, Redirect};
 use super::forward::{is_forwarded, Forwarder};
 use super::limits::Limits;
+use super::proposer::Proposer;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_client::KvClient;
 use crate::proto::v1::kv_server::{Kv, KvServer};
 use crate::storage::KvReader;
-use crate::types::{
-    now_ms, BatchOp, CasAction, Command, CommandResult, Expected, Proposal, PutOp, Raft,
-};
+use crate::types::{now_ms, BatchOp, CasAction, Command, CommandResult, Expected, PutOp, Raft};
 
 type Leader = KvClient<Channel>;
 
 pub struct KvService {
     raft: Raft,
+    proposer: Proposer,
     reader: KvReader,
     limits: Limits,
     forwarder: Forwarder,
@@ -45,6 +45,7 @@ impl KvService {
         counters: Arc<OpCounters>,
     ) -> Self {
         Self {
+            proposer: Proposer::start(raft.clone()),
             raft,
             reader,
             limits,
@@ -78,10 +79,9 @@ impl KvService {
     }
 
     /// Proposes a command and waits until it is committed and applied.
-    async fn propose(&self, proposal: Proposal) -> Result<CommandResult, Redirect> {
-        match tokio::time::timeout(self.timeout, self.raft.client_write(proposal)).await {
-            Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(e)) => Err(write_error(e)),
+    async fn propose(&self, command: Command) -> Result<CommandResult, Redirect> {
+        match tokio::time::timeout(self.timeout, self.proposer.propose(command)).await {
+            Ok(outcome) => outcome,
             Err(_) => Err(Redirect::Fail(timed_out(
                 "write",
                 self.timeout.as_millis() as u64,
@@ -143,12 +143,7 @@ impl KvService {
         if let Some(redirect) = self.remote_leader() {
             return self.redirect(redirect, forwarded, req, forward).await;
         }
-        let stamp_ms = now_ms();
-        let proposal = Proposal {
-            stamp_ms,
-            command: command(req, stamp_ms),
-        };
-        let result = self.propose(proposal).await.map_err(moved)?;
+        let result = self.propose(command(req, now_ms())).await.map_err(moved)?;
         response(result).map(Response::new)
     }
 

@@ -7,6 +7,7 @@ pub mod errors;
 pub mod forward;
 pub mod kv;
 pub mod limits;
+pub mod proposer;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;

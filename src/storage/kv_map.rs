@@ -127,7 +127,17 @@ impl KvMap {
     /// Applies one entry's proposal at log index `revision`.
     pub fn apply(&mut self, revision: u64, proposal: Proposal) -> CommandResult {
         self.clock_ms = self.clock_ms.max(proposal.stamp_ms);
-        match proposal.command {
+        self.apply_command(revision, proposal.command)
+    }
+
+    fn apply_command(&mut self, revision: u64, command: Command) -> CommandResult {
+        match command {
+            Command::Multi(commands) => CommandResult::Multi(
+                commands
+                    .into_iter()
+                    .map(|command| self.apply_command(revision, command))
+                    .collect(),
+            ),
             Command::Put(op) => CommandResult::Write {
                 revision,
                 existed: self.put(op, revision),
@@ -315,6 +325,34 @@ mod tests {
         assert_eq!(copy.clock_ms(), 6);
         assert!(copy.has_expired(50));
         assert_eq!(copy.get("b", 0).unwrap().revision, 2);
+    }
+
+    #[test]
+    fn multi_applies_in_order_with_one_revision_and_a_result_each() {
+        let mut map = KvMap::default();
+        let multi = Command::Multi(vec![
+            put("a", "1", None),
+            Command::CompareAndSwap {
+                key: "a".into(),
+                expected: Expected::Value(b"1".to_vec()),
+                action: CasAction::Delete,
+            },
+            put("b", "2", None),
+        ]);
+        let CommandResult::Multi(results) = map.apply(7, at(0, multi)) else {
+            panic!("a multi entry has one result per command")
+        };
+        assert_eq!(results.len(), 3);
+        assert!(matches!(
+            results[1],
+            CommandResult::CompareAndSwap {
+                succeeded: true,
+                revision: 7,
+                ..
+            }
+        ));
+        assert!(map.get("a", 0).is_none(), "the CAS saw the put before it");
+        assert_eq!(map.get("b", 0).unwrap().revision, 7);
     }
 
     #[test]

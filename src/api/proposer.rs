@@ -1,0 +1,135 @@
+//! Group commit of client writes.
+//!
+//! Every Raft entry costs the same fixed work whatever it carries: an openraft core round, an
+//! encode, a sled insert, a replication slot and an apply call on three nodes. Under load that
+//! fixed cost, not the bytes, limits writes. So client writes go through one proposer task: it
+//! keeps at most [`MAX_IN_FLIGHT`] entries in flight, and the writes that arrive meanwhile are
+//! packed into the next entry as one `Command::Multi`, up to [`MAX_ENTRY_BYTES`] of payload. A
+//! write that finds the pipeline free goes out alone at once, so a lone client pays no delay.
+//! Each write still gets its own result; the writes of one entry share its revision.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::Status;
+
+use super::errors::{write_error, Redirect};
+use crate::types::{now_ms, Command, CommandResult, Proposal, Raft};
+
+/// Entries proposed and not yet answered. Two keep the pipeline busy while the next batch forms.
+pub const MAX_IN_FLIGHT: usize = 2;
+/// Most client writes packed into one entry.
+pub const MAX_ENTRY_WRITES: usize = 512;
+/// Payload bytes after which no further write joins an entry, so an entry stays small enough to
+/// replicate within one heartbeat interval (see `network::APPEND_BYTES_BUDGET`).
+pub const MAX_ENTRY_BYTES: usize = 512 * 1024;
+
+type Reply = Result<CommandResult, Redirect>;
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Hands client writes to the proposer task.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the proposer task for `raft`; it ends when every `Proposer` handle is dropped.
+    pub fn start(raft: Raft) -> Self {
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, pending));
+        Self { queue }
+    }
+
+    /// Proposes `command` (possibly together with others) and waits for its own result.
+    pub async fn propose(&self, command: Command) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Redirect::Fail(Status::unavailable("this node is shutting down"));
+        self.queue
+            .send(Pending { command, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
+    loop {
+        // Wait for a free slot first: writes arriving meanwhile queue up and join one entry.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match queue.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        let mut bytes = first.command.approx_bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_ENTRY_WRITES && bytes < MAX_ENTRY_BYTES {
+            match queue.try_recv() {
+                Ok(pending) => {
+                    bytes += pending.command.approx_bytes();
+                    if bytes > MAX_ENTRY_BYTES {
+                        carried = Some(pending);
+                        break;
+                    }
+                    batch.push(pending);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose_batch(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Proposes one entry for `batch` and answers each write with its own result.
+async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
+    let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<Reply>>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    // A lone write is proposed as itself; only a real group becomes a `Multi`.
+    let (single, command) = match <[Command; 1]>::try_from(commands) {
+        Ok([only]) => (true, only),
+        Err(commands) => (false, Command::Multi(commands)),
+    };
+    let proposal = Proposal {
+        stamp_ms: now_ms(),
+        command,
+    };
+    match raft.client_write(proposal).await {
+        Ok(response) => match (single, response.data) {
+            (true, result) => answer_all(replies, || Ok(result.clone())),
+            (false, CommandResult::Multi(results)) if results.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            (false, other) => answer_all(replies, || {
+                Err(Redirect::Fail(Status::internal(format!(
+                    "unexpected result for a grouped entry: {other:?}"
+                ))))
+            }),
+        },
+        Err(e) => {
+            let redirect = write_error(e);
+            answer_all(replies, || Err(redirect.clone()))
+        }
+    }
+}
+
+fn answer_all(replies: Vec<oneshot::Sender<Reply>>, answer: impl Fn() -> Reply) {
+    for reply in replies {
+        let _ = reply.send(answer());
+    }
+}
