@@ -13,10 +13,11 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::counters::OpCounters;
-use super::errors::{read_error, timed_out, Redirect};
+use super::errors::{timed_out, Redirect};
 use super::forward::{is_forwarded, Forwarder};
 use super::limits::Limits;
 use super::proposer::Proposer;
+use super::read_index::ReadIndex;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_client::KvClient;
 use crate::proto::v1::kv_server::{Kv, KvServer};
@@ -28,6 +29,7 @@ type Leader = KvClient<Channel>;
 pub struct KvService {
     raft: Raft,
     proposer: Proposer,
+    read_index: ReadIndex,
     reader: KvReader,
     limits: Limits,
     forwarder: Forwarder,
@@ -46,6 +48,7 @@ impl KvService {
     ) -> Self {
         Self {
             proposer: Proposer::start(raft.clone()),
+            read_index: ReadIndex::start(raft.clone()),
             raft,
             reader,
             limits,
@@ -91,9 +94,8 @@ impl KvService {
 
     /// Waits until this node may serve a linearizable read from its map.
     async fn linearize(&self) -> Result<(), Redirect> {
-        match tokio::time::timeout(self.timeout, self.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(read_error(e)),
+        match tokio::time::timeout(self.timeout, self.read_index.wait()).await {
+            Ok(outcome) => outcome,
             Err(_) => Err(Redirect::Fail(timed_out(
                 "linearizable read",
                 self.timeout.as_millis() as u64,

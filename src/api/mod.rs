@@ -8,6 +8,7 @@ pub mod forward;
 pub mod kv;
 pub mod limits;
 pub mod proposer;
+pub mod read_index;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
