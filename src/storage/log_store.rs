@@ -221,10 +221,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(KEY_VOTE, ErrorSubject::Vote)
     }
 
-    /// Not flushed on its own: the committed id only speeds up re-applying after a restart, and
-    /// the next append's flush persists it.
+    /// Flushed before it returns. openraft 0.9 restores a restarted leader in its old term and
+    /// takes its linearizable-read index from this committed id (and the term's first entry), and
+    /// it calls this right before applying and answering a write; if the id were lost in a crash,
+    /// a restarted leader could serve a linearizable read that misses acknowledged writes.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
+        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)?;
+        self.flush(ErrorSubject::Store).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
