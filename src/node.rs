@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::counters::OpCounters;
 use crate::api::forward::Forwarder;
+use crate::api::read_index::StartupBarrier;
 use crate::api::{ClusterService, KvService, Limits};
 use crate::config::ServeArgs;
 use crate::network::NetworkFactory;
@@ -69,6 +70,7 @@ pub async fn serve(
 
     let (log_store, state_machine) = storage::open(&args.data_dir).await?;
     let reader = state_machine.reader();
+    let barrier = restored_leader_barrier(args.id, &log_store).await?;
 
     // Bind before starting Raft, so a busy port is reported before anything else happens.
     let listener = TcpListener::bind(args.listen)
@@ -129,6 +131,7 @@ pub async fn serve(
         forwarder.clone(),
         timeout,
         counters,
+        barrier,
     ));
     let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
     tokio::spawn(expiry::run(raft.clone(), reader));
@@ -194,6 +197,28 @@ pub async fn serve(
     }
     served.context("gRPC server failed")?;
     Ok(())
+}
+
+/// The read barrier for a node that openraft will restore as leader (see `api::read_index`).
+async fn restored_leader_barrier(
+    id: crate::types::NodeId,
+    log_store: &storage::LogStore,
+) -> anyhow::Result<Option<StartupBarrier>> {
+    use openraft::storage::RaftLogStorage;
+    let mut log_store = log_store.clone();
+    let vote = log_store
+        .read_vote()
+        .await
+        .map_err(|e| anyhow!("cannot read the vote: {e}"))?;
+    let state = log_store
+        .get_log_state()
+        .await
+        .map_err(|e| anyhow!("cannot read the log: {e}"))?;
+    Ok(StartupBarrier::for_restored_leader(
+        id,
+        vote.as_ref(),
+        state.last_log_id.map(|l| l.index),
+    ))
 }
 
 /// Initialises the cluster from `--initial-cluster` when this node has never held any Raft

@@ -17,7 +17,7 @@ use super::errors::{timed_out, Redirect};
 use super::forward::{is_forwarded, Forwarder};
 use super::limits::Limits;
 use super::proposer::Proposer;
-use super::read_index::ReadIndex;
+use super::read_index::{ReadIndex, StartupBarrier};
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_client::KvClient;
 use crate::proto::v1::kv_server::{Kv, KvServer};
@@ -45,10 +45,11 @@ impl KvService {
         forwarder: Forwarder,
         timeout: Duration,
         counters: Arc<OpCounters>,
+        barrier: Option<StartupBarrier>,
     ) -> Self {
         Self {
             proposer: Proposer::start(raft.clone()),
-            read_index: ReadIndex::start(raft.clone()),
+            read_index: ReadIndex::start(raft.clone(), barrier),
             raft,
             reader,
             limits,

@@ -221,13 +221,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(KEY_VOTE, ErrorSubject::Vote)
     }
 
-    /// Flushed before it returns. openraft 0.9 restores a restarted leader in its old term and
-    /// takes its linearizable-read index from this committed id (and the term's first entry), and
-    /// it calls this right before applying and answering a write; if the id were lost in a crash,
-    /// a restarted leader could serve a linearizable read that misses acknowledged writes.
+    /// Not flushed on its own: the next append's flush persists it. openraft uses it only to
+    /// re-apply sooner after a restart; the read path does not rely on it (see
+    /// `api::read_index` for how a restarted leader keeps linearizable reads correct).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)?;
-        self.flush(ErrorSubject::Store).await
+        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
