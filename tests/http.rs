@@ -2,42 +2,26 @@
 //! `/kv` reads and writes across nodes, error texts and statuses (the same as gRPC's), TTLs,
 //! scan paging, `/metrics` counters and `/health`.
 //!
-//! The shared harness in `common` gives every node the same extra arguments, but each node
-//! needs its own `--http-listen`, so this file starts its nodes itself (same binary, same
-//! loopback-only, killed-by-PID-on-drop rules).
+//! Nodes come from the shared harness (`TestCluster::start_with_http`): real processes on
+//! loopback, each with its own `--http-listen`, killed by PID on drop.
 
 mod common;
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bounded, channel_to, free_port, RAFTKV};
+use common::{bounded, channel_to, TestCluster};
 use raftkv::proto::v1::cluster_client::ClusterClient;
 use raftkv::proto::v1::kv_client::KvClient;
 use raftkv::proto::v1::{GetRequest, PutRequest, RemoveNodeRequest};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tempfile::TempDir;
 
 const MIB: usize = 1024 * 1024;
 
-struct Node {
-    id: u64,
-    grpc: String,
-    http: String,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
 /// A cluster whose nodes each serve the HTTP gateway on their own loopback port.
 struct HttpCluster {
-    _dir: TempDir,
-    nodes: Vec<Node>,
-    initial_cluster: String,
+    nodes: TestCluster,
     client: reqwest::Client,
 }
 
@@ -79,36 +63,13 @@ impl Reply {
 
 impl HttpCluster {
     async fn start(size: u64) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let nodes: Vec<Node> = (1..=size)
-            .map(|id| Node {
-                id,
-                grpc: format!("127.0.0.1:{}", free_port()),
-                http: format!("127.0.0.1:{}", free_port()),
-                data_dir: dir.path().join(format!("node{id}")),
-                log: dir.path().join(format!("node{id}.log")),
-                child: None,
-            })
-            .collect();
-        let initial_cluster = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.grpc))
-            .collect::<Vec<_>>()
-            .join(",");
+        let nodes = TestCluster::start_with_http(size, &[]).await;
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(20))
             .build()
             .expect("HTTP client");
-        let mut cluster = Self {
-            _dir: dir,
-            nodes,
-            initial_cluster,
-            client,
-        };
-        for id in 1..=size {
-            cluster.spawn(id);
-        }
+        let cluster = Self { nodes, client };
         for id in 1..=size {
             cluster
                 .wait_health(id, StatusCode::OK, Duration::from_secs(60))
@@ -117,48 +78,26 @@ impl HttpCluster {
         cluster
     }
 
-    fn node(&self, id: u64) -> &Node {
-        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    fn http(&self, id: u64) -> &str {
+        self.nodes
+            .node(id)
+            .http
+            .as_deref()
+            .expect("node serves HTTP")
     }
 
-    fn node_mut(&mut self, id: u64) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    fn grpc_address(&self, id: u64) -> &str {
+        &self.nodes.node(id).address
     }
 
     /// (Re)starts a node's process on its addresses and data dir.
     fn spawn(&mut self, id: u64) {
-        let initial_cluster = self.initial_cluster.clone();
-        let node = self.node_mut(id);
-        assert!(node.child.is_none(), "node {id} is already running");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("node log file");
-        let child = Command::new(RAFTKV)
-            .arg("serve")
-            .args(["--id", &id.to_string()])
-            .args(["--listen", &node.grpc])
-            .args(["--http-listen", &node.http])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(["--initial-cluster", &initial_cluster])
-            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
-            .env("RAFTKV_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn raftkv serve");
-        node.child = Some(child);
+        self.nodes.start_node(id);
     }
 
     /// SIGKILL by PID, and reap.
     fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.node_mut(id).child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes.kill(id);
     }
 
     async fn try_send(
@@ -168,7 +107,7 @@ impl HttpCluster {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> reqwest::Result<Reply> {
-        let url = format!("http://{}{path}", self.node(id).http);
+        let url = format!("http://{}{path}", self.http(id));
         let mut request = self.client.request(method, url);
         if let Some(body) = body {
             request = request.body(body);
@@ -251,39 +190,12 @@ impl HttpCluster {
     }
 
     async fn grpc(&self, id: u64) -> KvClient<tonic::transport::Channel> {
-        let channel = channel_to(&self.node(id).grpc).await.expect("gRPC channel");
+        let channel = channel_to(self.grpc_address(id))
+            .await
+            .expect("gRPC channel");
         KvClient::new(channel)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
-    }
-
-    fn dump_logs(&self) {
-        for node in &self.nodes {
-            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!(
-                "----- node {} log (last {} lines) -----",
-                node.id,
-                tail.len()
-            );
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-impl Drop for HttpCluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
     }
 }
 
@@ -744,7 +656,7 @@ async fn metrics_count_the_requests_this_node_received() {
         let removed = (1..=3)
             .find(|id| ![leader, follower].contains(id))
             .expect("third node");
-        let channel = channel_to(&cluster.node(leader).grpc)
+        let channel = channel_to(cluster.grpc_address(leader))
             .await
             .expect("channel");
         ClusterClient::new(channel)

@@ -73,6 +73,8 @@ pub struct TestNode {
     pub log: PathBuf,
     /// Started with `--join <the other nodes>` instead of `--initial-cluster`.
     pub joins: bool,
+    /// Address of the node's HTTP gateway (`--http-listen`), when it serves one.
+    pub http: Option<String>,
     child: Option<Child>,
 }
 
@@ -96,6 +98,15 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `size` nodes with `extra_args` added to every `raftkv serve` and waits for a leader.
     pub async fn start(size: u64, extra_args: &[&str]) -> Self {
+        Self::launch(size, extra_args, false).await
+    }
+
+    /// Like [`TestCluster::start`], and every node also serves the HTTP gateway on its own port.
+    pub async fn start_with_http(size: u64, extra_args: &[&str]) -> Self {
+        Self::launch(size, extra_args, true).await
+    }
+
+    async fn launch(size: u64, extra_args: &[&str], http: bool) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let nodes: Vec<TestNode> = (1..=size)
             .map(|id| TestNode {
@@ -104,6 +115,7 @@ impl TestCluster {
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
                 joins: false,
+                http: http.then(|| format!("127.0.0.1:{}", free_port())),
                 child: None,
             })
             .collect();
@@ -169,6 +181,11 @@ impl TestCluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(membership)
+            .args(
+                node.http
+                    .iter()
+                    .flat_map(|http| ["--http-listen", http.as_str()]),
+            )
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
             .args(&extra_args)
             .env("RAFTKV_LOG", "info")
@@ -189,6 +206,7 @@ impl TestCluster {
             data_dir: self.dir.path().join(format!("node{id}")),
             log: self.dir.path().join(format!("node{id}.log")),
             joins: true,
+            http: None,
             child: None,
         });
         self.start_node(id);
