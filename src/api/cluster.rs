@@ -130,12 +130,7 @@ impl Cluster for ClusterService {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let commit_index = self
-            .raft
-            .with_raft_state(|state| state.committed.map(|id| id.index))
-            .await
-            .map_err(|e| Status::unavailable(format!("raft is not running on this node: {e}")))?
-            .unwrap_or(0);
+        let commit_index = super::commit_index(&self.raft).await?;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let (voters, learners) = members(Some(membership));

@@ -201,8 +201,9 @@ impl KvService {
         }
     }
 
-    /// This node's counters and Raft state, for the Metrics call and the HTTP `/metrics`.
-    pub fn metrics_snapshot(&self) -> pb::MetricsResponse {
+    /// This node's counters and Raft state, for the Metrics call (and so the HTTP `/metrics`).
+    async fn metrics_report(&self) -> Result<pb::MetricsResponse, Status> {
+        let commit_index = super::commit_index(&self.raft).await?;
         let (keys, value_bytes) = self.reader.stats();
         let metrics = self.raft.metrics().borrow().clone();
         let is_leader = metrics.current_leader == Some(metrics.id);
@@ -217,7 +218,7 @@ impl KvService {
             })
             .collect();
         let c = &self.counters;
-        pb::MetricsResponse {
+        Ok(pb::MetricsResponse {
             node_id: metrics.id,
             keys,
             value_bytes,
@@ -230,11 +231,11 @@ impl KvService {
             batch_get_ops: OpCounters::read(&c.batch_get),
             term: metrics.current_term,
             leader_id: metrics.current_leader.unwrap_or(0),
-            commit_index: 0,
+            commit_index,
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             is_leader,
             followers,
-        }
+        })
     }
 }
 
@@ -543,14 +544,7 @@ impl Kv for KvService {
         &self,
         _: Request<pb::MetricsRequest>,
     ) -> Result<Response<pb::MetricsResponse>, Status> {
-        let mut response = self.metrics_snapshot();
-        response.commit_index = self
-            .raft
-            .with_raft_state(|state| state.committed.map(|id| id.index))
-            .await
-            .map_err(|e| Status::unavailable(format!("raft is not running on this node: {e}")))?
-            .unwrap_or(0);
-        Ok(Response::new(response))
+        self.metrics_report().await.map(Response::new)
     }
 }
 

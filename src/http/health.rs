@@ -54,13 +54,12 @@ async fn readiness(raft: &Raft) -> Result<(), String> {
         Some(leader) if leader == id => confirm_leadership(raft).await?,
         Some(_) => {}
     }
-    let committed = raft
-        .with_raft_state(|state| state.committed.map(|id| id.index))
+    let committed = crate::api::commit_index(raft)
         .await
-        .map_err(|e| format!("raft is not running on this node: {e}"))?;
-    let Some(committed) = committed else {
+        .map_err(|status| status.message().to_string())?;
+    if committed == 0 {
         return Ok(());
-    };
+    }
     let caught_up = raft
         .wait(Some(APPLY_GRACE))
         .applied_index_at_least(Some(committed), "health")
