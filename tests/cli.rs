@@ -52,6 +52,22 @@ fn assert_clear_failure(args: &[&str], expected: &str) {
     );
 }
 
+/// `raftkv serve --id 1` on `listen` and `data_dir` must fail with `expected`, without panicking.
+fn assert_serve_fails(listen: &str, data_dir: &str, expected: &str) {
+    assert_clear_failure(
+        &[
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            listen,
+            "--data-dir",
+            data_dir,
+        ],
+        expected,
+    );
+}
+
 #[test]
 fn wrong_flags_are_reported_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,18 +148,7 @@ fn a_data_dir_that_is_a_file_is_reported() {
     std::fs::write(&file, b"not a directory").unwrap();
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
-    assert_clear_failure(
-        &[
-            "serve",
-            "--id",
-            "1",
-            "--listen",
-            &listen,
-            "--data-dir",
-            file.to_str().unwrap(),
-        ],
-        "is not a directory",
-    );
+    assert_serve_fails(&listen, file.to_str().unwrap(), "is not a directory");
 }
 
 #[test]
@@ -159,18 +164,7 @@ fn a_damaged_data_dir_is_reported() {
     .unwrap();
     std::fs::write(data.join("sled").join("db"), vec![0xAB; 4096]).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
-    assert_clear_failure(
-        &[
-            "serve",
-            "--id",
-            "1",
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        "cannot open the database",
-    );
+    assert_serve_fails(&listen, data.to_str().unwrap(), "cannot open the database");
 }
 
 #[test]
@@ -178,16 +172,9 @@ fn a_busy_listen_address_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    assert_clear_failure(
-        &[
-            "serve",
-            "--id",
-            "1",
-            "--listen",
-            &listen,
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
+    assert_serve_fails(
+        &listen,
+        dir.path().to_str().unwrap(),
         &format!("cannot listen on {listen}"),
     );
 }
@@ -475,16 +462,9 @@ fn a_corrupt_raft_record_is_reported() {
         db.flush().unwrap();
     }
     let listen = format!("127.0.0.1:{}", free_port());
-    assert_clear_failure(
-        &[
-            "serve",
-            "--id",
-            "1",
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+    assert_serve_fails(
+        &listen,
+        data.to_str().unwrap(),
         "the data dir looks damaged",
     );
 }
