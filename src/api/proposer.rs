@@ -20,9 +20,11 @@ use crate::types::{now_ms, Command, CommandResult, Proposal, Raft};
 pub const MAX_IN_FLIGHT: usize = 2;
 /// Most client writes packed into one entry.
 pub const MAX_ENTRY_WRITES: usize = 512;
-/// Payload bytes after which no further write joins an entry, so an entry stays small enough to
-/// replicate within one heartbeat interval (see `network::APPEND_BYTES_BUDGET`).
-pub const MAX_ENTRY_BYTES: usize = 512 * 1024;
+/// Payload bytes after which no further write joins an entry. Small enough that a sled leaf of
+/// sixteen such entries stays below sled's blob threshold (see `storage::SLED_SEGMENT_BYTES`) and
+/// that an entry replicates well within one heartbeat interval (`network::APPEND_BYTES_BUDGET`);
+/// large enough that 256 concurrent writes of 256 bytes fit in two entries.
+pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
 type Reply = Result<CommandResult, Redirect>;
 

@@ -25,6 +25,13 @@ pub use state_machine::{KvReader, StateMachineStore};
 /// sled's page cache size (see `open`).
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// sled's log segment size for new data dirs. sled writes any record larger than a quarter of a
+/// segment to a file of its own under `blobs/`, reclaimed only lazily; with its 512 KiB default
+/// that is 128 KiB, less than one grouped log entry or one rewritten leaf of sixteen of them, so
+/// most of the log went to blob files (measured: the whole data dir). 8 MiB segments raise the
+/// threshold to 2 MiB, above a leaf of sixteen maximum-size grouped entries.
+const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+
 /// Version of the on-disk layout above; bumped when it changes incompatibly.
 const FORMAT_VERSION: u32 = 1;
 
@@ -68,6 +75,7 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
     let db = sled::Config::new()
         .path(&db_path)
         .mode(sled::Mode::HighThroughput)
+        .segment_size(segment_size(&db_path))
         // sled caches up to 1 GiB by default; the map already holds every value in memory and
         // the log is read back only to replicate recent entries, so a small cache suffices.
         .cache_capacity(SLED_CACHE_BYTES)
@@ -85,6 +93,22 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
         .map_err(|e| damaged(e.to_string()))?;
     let state_machine = StateMachineStore::open(&db).map_err(|e| damaged(e.to_string()))?;
     Ok((log_store, state_machine))
+}
+
+/// The segment size to open `db_path` with: sled refuses to reopen a database with a segment size
+/// other than the one it was created with, so a data dir made by an earlier raftkv (512 KiB) keeps
+/// its own, read from the `conf` file sled writes beside the database.
+fn segment_size(db_path: &Path) -> usize {
+    // The file ends in a binary checksum, so it is not valid UTF-8 as a whole.
+    std::fs::read(db_path.join("conf"))
+        .ok()
+        .and_then(|conf| recorded_segment_size(&String::from_utf8_lossy(&conf)))
+        .unwrap_or(SLED_SEGMENT_BYTES)
+}
+
+fn recorded_segment_size(conf: &str) -> Option<usize> {
+    conf.lines()
+        .find_map(|line| line.strip_prefix("segment_size:")?.trim().parse().ok())
 }
 
 fn classify_open_error(path: &Path, source: sled::Error) -> OpenError {
@@ -129,4 +153,38 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment_size_of(data_dir: &Path) -> Option<usize> {
+        let conf = std::fs::read(data_dir.join("sled").join("conf")).ok()?;
+        recorded_segment_size(&String::from_utf8_lossy(&conf))
+    }
+
+    #[tokio::test]
+    async fn a_new_data_dir_uses_large_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).await.unwrap();
+        assert_eq!(segment_size_of(dir.path()), Some(SLED_SEGMENT_BYTES));
+    }
+
+    /// Data dirs written before the segment size changed were made with sled's 512 KiB default,
+    /// which sled refuses to reopen with any other size.
+    #[tokio::test]
+    async fn a_data_dir_made_with_sleds_default_segments_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join("sled"))
+                .open()
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(segment_size_of(dir.path()), Some(512 * 1024));
+        open(dir.path()).await.unwrap();
+        assert_eq!(segment_size_of(dir.path()), Some(512 * 1024));
+    }
 }
