@@ -47,6 +47,14 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
     pub initial_cluster: Option<InitialCluster>,
 
+    /// Threads of the async runtime serving gRPC, HTTP and Raft. Defaults to half the cores
+    /// (at least one): every write crosses several tasks (client handler, proposer, Raft core,
+    /// log flusher, replication, state machine), and when they sit on different threads each
+    /// handoff is a futex wake-up; on a small machine those wake-ups, not the work, were the
+    /// bottleneck (see BENCHMARKS.md).
+    #[arg(long, env = "RAFTKV_WORKER_THREADS", default_value_t = default_worker_threads())]
+    pub worker_threads: usize,
+
     /// Leader heartbeat period in milliseconds.
     #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 100)]
     pub heartbeat_ms: u64,
@@ -128,11 +136,22 @@ pub fn parse_host_port(text: &str) -> Result<String, String> {
     }
 }
 
+/// Half the cores this process may use, at least one (see `ServeArgs::worker_threads`).
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
+}
+
 impl ServeArgs {
     /// Cross-flag checks clap cannot express. Returns the address to advertise.
     pub fn validate(&self) -> Result<String, String> {
         if self.id == 0 {
             return Err("--id 0 is reserved; use 1 or more".into());
+        }
+        if self.worker_threads == 0 {
+            return Err("--worker-threads must be at least 1".into());
         }
         if self.heartbeat_ms == 0 {
             return Err("--heartbeat-ms must be at least 1".into());
