@@ -167,6 +167,9 @@ pub async fn serve(
 
     let server = tonic::transport::Server::builder()
         .add_service(KvService::server(kv.clone()))
+        .add_service(crate::api::forward_service::ForwardService::server(
+            kv.clone(),
+        ))
         .add_service(ClusterService::server(
             raft.clone(),
             address,

@@ -105,6 +105,80 @@ async fn batch_is_atomic_and_an_invalid_op_changes_nothing() {
     .await
 }
 
+/// A follower gathers the calls it forwards into shared messages to the leader; every caller must
+/// still get its own answer, errors included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_forwarded_at_once_by_a_follower_each_get_their_own_answer() {
+    bounded(async {
+        let cluster = TestCluster::start(3, &[]).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+        let follower = cluster.others(leader)[0];
+        let kv = cluster.kv(follower).await.unwrap();
+        const CALLS: usize = 200;
+
+        let puts = (0..CALLS).map(|i| {
+            let mut kv = kv.clone();
+            tokio::spawn(async move {
+                let request = PutRequest {
+                    key: format!("fwd-{i}"),
+                    value: format!("value-{i}").into_bytes(),
+                    ..Default::default()
+                };
+                kv.put(request).await.map(|r| r.into_inner().revision)
+            })
+        });
+        let mut revisions = BTreeSet::new();
+        for put in puts.collect::<Vec<_>>() {
+            revisions.insert(put.await.unwrap().expect("forwarded put"));
+        }
+        assert!(revisions.iter().all(|r| *r > 0));
+
+        // Reads of present and missing keys and failing CAS, all in flight together.
+        let calls = (0..CALLS).map(|i| {
+            let mut kv = kv.clone();
+            tokio::spawn(async move {
+                let key = format!("fwd-{i}");
+                match i % 3 {
+                    0 => {
+                        let get = raftkv::proto::v1::GetRequest {
+                            key,
+                            consistency: LINEAR as i32,
+                        };
+                        let value = kv.get(get).await.unwrap().into_inner().value;
+                        assert_eq!(value, format!("value-{i}").into_bytes());
+                    }
+                    1 => {
+                        let get = raftkv::proto::v1::GetRequest {
+                            key: format!("missing-{i}"),
+                            consistency: LINEAR as i32,
+                        };
+                        let err = kv.get(get).await.unwrap_err();
+                        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+                        assert!(err.message().contains(&format!("missing-{i}")), "{err:?}");
+                    }
+                    _ => {
+                        let cas = CompareAndSwapRequest {
+                            key,
+                            expected: Some(Expected::ExpectedValue(b"nope".to_vec())),
+                            value: b"x".to_vec(),
+                            ..Default::default()
+                        };
+                        let reply = kv.compare_and_swap(cas).await.unwrap().into_inner();
+                        assert!(!reply.succeeded);
+                        assert_eq!(reply.current_value, format!("value-{i}").into_bytes());
+                    }
+                }
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            call.await.unwrap();
+        }
+        let on_leader = cluster.get(leader, "fwd-7", LINEAR).await.unwrap();
+        assert_eq!(on_leader.value, b"value-7");
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_compare_and_swaps_have_exactly_one_winner() {
     bounded(async {

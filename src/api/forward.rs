@@ -3,17 +3,44 @@
 //! A forwarded request carries the [`FORWARDED_BY`] header; a node that receives one and is not
 //! the leader answers UNAVAILABLE instead of forwarding again, so a request never loops while
 //! leadership moves.
+//!
+//! Single-key calls (Put, Get, Delete, Batch, CompareAndSwap) are not forwarded one RPC each:
+//! per leader address a task gathers the calls waiting to go and sends them together through the
+//! internal `Forward.Calls` RPC (see [`super::forward_service`]), at most [`BATCHES_IN_FLIGHT`]
+//! messages at a time. Under load most writes reach the leader through a follower, and one RPC
+//! per write cost the leader as much HTTP/2 work as the write itself. BatchGet and Scan, whose
+//! answers can be large, still go one RPC each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::network::lazy_channel;
+use crate::proto::raft_v1::forward_client::ForwardClient;
+use crate::proto::raft_v1::{ForwardedCall, ForwardedCalls, KvMethod};
 use crate::proto::v1::kv_client::KvClient;
 use crate::types::NodeId;
+
+/// Calls sent in one `Forward.Calls` message at most. Each answer is at most one value, so a
+/// message's answers stay far below [`FORWARD_MESSAGE_LIMIT`].
+pub const MAX_CALLS_PER_BATCH: usize = 64;
+/// Request bytes after which no further call joins a message (a larger single call goes alone).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Messages under way to one leader at a time; calls arriving meanwhile gather for the next.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// gRPC size limit of `Forward.Calls` messages both ways.
+pub const FORWARD_MESSAGE_LIMIT: usize = 256 * 1024 * 1024;
+
+/// One call waiting to be forwarded and where its answer goes.
+struct Queued {
+    call: ForwardedCall,
+    reply: oneshot::Sender<Result<Vec<u8>, Status>>,
+}
 
 /// Metadata key naming the node that forwarded a request.
 pub const FORWARDED_BY: &str = "raftkv-forwarded-by";
@@ -25,6 +52,7 @@ pub struct Forwarder {
     message_limit: usize,
     timeout: Duration,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>>,
 }
 
 impl Forwarder {
@@ -34,7 +62,46 @@ impl Forwarder {
             message_limit,
             timeout,
             channels: Arc::default(),
+            queues: Arc::default(),
         }
+    }
+
+    /// Forwards one call to the leader at `address` together with whatever else is waiting to
+    /// go there, and returns the leader's answer (or its error status) for this call alone.
+    pub async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        address: &str,
+        method: KvMethod,
+        request: &Req,
+    ) -> Result<Resp, Status> {
+        let (reply, answer) = oneshot::channel();
+        let call = ForwardedCall {
+            method: method as i32,
+            request: request.encode_to_vec(),
+        };
+        self.queue(address)?
+            .send(Queued { call, reply })
+            .map_err(|_| Status::unavailable("this node is shutting down"))?;
+        let bytes = answer
+            .await
+            .map_err(|_| Status::unavailable("this node is shutting down"))??;
+        Resp::decode(bytes.as_slice())
+            .map_err(|e| Status::internal(format!("undecodable answer from the leader: {e}")))
+    }
+
+    /// The queue of calls to `address`, started on first use.
+    fn queue(&self, address: &str) -> Result<mpsc::UnboundedSender<Queued>, Status> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = queues.get(address).filter(|q| !q.is_closed()) {
+            return Ok(queue.clone());
+        }
+        let client = ForwardClient::new(self.channel(address)?)
+            .max_decoding_message_size(FORWARD_MESSAGE_LIMIT)
+            .max_encoding_message_size(FORWARD_MESSAGE_LIMIT);
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(send_batches(client, self.own_id, self.timeout, pending));
+        queues.insert(address.to_string(), queue.clone());
+        Ok(queue)
     }
 
     /// The reused channel to `address`.
@@ -86,4 +153,85 @@ impl Forwarder {
 /// Whether a request was already forwarded by another node.
 pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_BY)
+}
+
+/// Sends the calls queued for one leader, gathered into messages, until every sender is gone.
+async fn send_batches(
+    client: ForwardClient<Channel>,
+    own_id: NodeId,
+    timeout: Duration,
+    mut pending: mpsc::UnboundedReceiver<Queued>,
+) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut carried: Option<Queued> = None;
+    loop {
+        // Wait for a free slot first, so that calls arriving meanwhile join one message.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(queued) => queued,
+            None => match pending.recv().await {
+                Some(queued) => queued,
+                None => return,
+            },
+        };
+        let mut bytes = first.call.request.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_CALLS_PER_BATCH {
+            let Ok(next) = pending.try_recv() else { break };
+            bytes += next.call.request.len();
+            if bytes > BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            send_batch(&mut client, own_id, timeout, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Sends one message of calls and hands each caller its own answer.
+async fn send_batch(
+    client: &mut ForwardClient<Channel>,
+    own_id: NodeId,
+    timeout: Duration,
+    batch: Vec<Queued>,
+) {
+    let (calls, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.call, q.reply)).unzip();
+    let mut request = tonic::Request::new(ForwardedCalls { calls });
+    request.set_timeout(timeout);
+    if let Ok(value) = own_id.to_string().parse() {
+        request.metadata_mut().insert(FORWARDED_BY, value);
+    }
+    match client.calls(request).await {
+        Ok(answer) if answer.get_ref().replies.len() == replies.len() => {
+            for (reply, answer) in replies.into_iter().zip(answer.into_inner().replies) {
+                let result = match answer.code {
+                    0 => Ok(answer.response),
+                    code => Err(Status::new(Code::from_i32(code), answer.message)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Ok(answer) => {
+            let status = Status::internal(format!(
+                "the leader answered {} of {} forwarded calls",
+                answer.get_ref().replies.len(),
+                replies.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+        Err(status) => {
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+    }
 }

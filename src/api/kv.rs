@@ -9,7 +9,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::counters::OpCounters;
@@ -18,13 +17,11 @@ use super::forward::{is_forwarded, Forwarder};
 use super::limits::Limits;
 use super::proposer::Proposer;
 use super::read_index::{ReadIndex, StartupBarrier};
+use crate::proto::raft_v1::KvMethod;
 use crate::proto::v1 as pb;
-use crate::proto::v1::kv_client::KvClient;
 use crate::proto::v1::kv_server::{Kv, KvServer};
 use crate::storage::KvReader;
 use crate::types::{now_ms, BatchOp, CasAction, Command, CommandResult, Expected, PutOp, Raft};
-
-type Leader = KvClient<Channel>;
 
 pub struct KvService {
     raft: Raft,
@@ -110,10 +107,10 @@ impl KvService {
         redirect: Redirect,
         forwarded: bool,
         req: Req,
-        call: impl FnOnce(Leader, Request<Req>) -> Fut,
+        call: impl FnOnce(Forwarder, String, Req) -> Fut,
     ) -> Result<Response<Resp>, Status>
     where
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
+        Fut: Future<Output = Result<Resp, Status>>,
     {
         match redirect {
             Redirect::Fail(status) => Err(status),
@@ -121,10 +118,9 @@ impl KvService {
                 "this node is not the leader (node {id} at {address} is); leadership moved while forwarding, retry"
             ))),
             Redirect::Leader { id, address } => {
-                let leader = self.forwarder.client(&address)?;
-                let reply = call(leader, self.forwarder.request(req)).await;
-                reply
-                    .map(|r| Response::new(r.into_inner()))
+                call(self.forwarder.clone(), address.clone(), req)
+                    .await
+                    .map(Response::new)
                     .map_err(|status| Forwarder::failure(id, &address, status))
             }
         }
@@ -138,10 +134,10 @@ impl KvService {
         req: Req,
         command: impl FnOnce(Req, u64) -> Command,
         response: impl FnOnce(CommandResult) -> Result<Resp, Status>,
-        forward: impl FnOnce(Leader, Request<Req>) -> Fut,
+        forward: impl FnOnce(Forwarder, String, Req) -> Fut,
     ) -> Result<Response<Resp>, Status>
     where
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
+        Fut: Future<Output = Result<Resp, Status>>,
     {
         if let Some(redirect) = self.remote_leader() {
             return self.redirect(redirect, forwarded, req, forward).await;
@@ -158,10 +154,10 @@ impl KvService {
         req: Req,
         consistency: i32,
         local: impl FnOnce(Req) -> Result<Resp, Status>,
-        forward: impl FnOnce(Leader, Request<Req>) -> Fut,
+        forward: impl FnOnce(Forwarder, String, Req) -> Fut,
     ) -> Result<Response<Resp>, Status>
     where
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
+        Fut: Future<Output = Result<Resp, Status>>,
     {
         let stale = match pb::Consistency::try_from(consistency) {
             Ok(pb::Consistency::Stale) => true,
@@ -279,7 +275,7 @@ impl Kv for KvService {
                     revision: result.revision(),
                 })
             },
-            |mut leader, r| async move { leader.put(r).await },
+            |f, leader, r| async move { f.call(&leader, KvMethod::Put, &r).await },
         )
         .await
     }
@@ -305,7 +301,7 @@ impl Kv for KvService {
                 }),
                 (None, _) => Err(Status::not_found(format!("key not found: {}", req.key))),
             },
-            |mut leader, r| async move { leader.get(r).await },
+            |f, leader, r| async move { f.call(&leader, KvMethod::Get, &r).await },
         )
         .await
     }
@@ -329,7 +325,7 @@ impl Kv for KvService {
                 }),
                 other => Err(unexpected(&other)),
             },
-            |mut leader, r| async move { leader.delete(r).await },
+            |f, leader, r| async move { f.call(&leader, KvMethod::Delete, &r).await },
         )
         .await
     }
@@ -374,7 +370,12 @@ impl Kv for KvService {
                     .collect();
                 Ok(pb::BatchGetResponse { results })
             },
-            |mut leader, r| async move { leader.batch_get(r).await },
+            |f, leader, r| async move {
+                Ok(f.client(&leader)?
+                    .batch_get(f.request(r))
+                    .await?
+                    .into_inner())
+            },
         )
         .await
     }
@@ -433,7 +434,7 @@ impl Kv for KvService {
                 }
                 other => Err(unexpected(&other)),
             },
-            |mut leader, r| async move { leader.batch(r).await },
+            |f, leader, r| async move { f.call(&leader, KvMethod::Batch, &r).await },
         )
         .await
     }
@@ -494,7 +495,7 @@ impl Kv for KvService {
                 }),
                 other => Err(unexpected(&other)),
             },
-            |mut leader, r| async move { leader.compare_and_swap(r).await },
+            |f, leader, r| async move { f.call(&leader, KvMethod::CompareAndSwap, &r).await },
         )
         .await
     }
@@ -535,7 +536,7 @@ impl Kv for KvService {
                     next_start: page.next_start.unwrap_or_default(),
                 })
             },
-            |mut leader, r| async move { leader.scan(r).await },
+            |f, leader, r| async move { Ok(f.client(&leader)?.scan(f.request(r)).await?.into_inner()) },
         )
         .await
     }

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod counters;
 pub mod errors;
 pub mod forward;
+pub mod forward_service;
 pub mod kv;
 pub mod limits;
 pub mod proposer;
