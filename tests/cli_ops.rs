@@ -755,3 +755,94 @@ async fn metrics_status_and_membership_changes() {
     })
     .await
 }
+
+/// `cluster snapshot` compacts every node named: each answers with a snapshot covering the writes
+/// made before it, the log behind it is purged down to --logs-kept entries, and a node restarted
+/// afterwards still has every key (from the snapshot, the purged entries being gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_snapshot_compacts_every_node_named() {
+    bounded(async {
+        let mut cluster =
+            TestCluster::start(3, &["--snapshot-every", "1000000", "--logs-kept", "5"]).await;
+        let cli = Cli::new(&cluster);
+        let mut last_revision = 0;
+        // More entries than the purge batch (64), so the purge is due once the snapshot exists.
+        for i in 0..120 {
+            last_revision = cluster
+                .put(1, &format!("snap-{i}"), format!("v{i}").as_bytes())
+                .await
+                .unwrap();
+        }
+        for id in 1..=3 {
+            cluster
+                .wait_applied(id, last_revision, Duration::from_secs(20))
+                .await;
+        }
+
+        let output = cli.expect(0, &["cluster", "snapshot"]).await;
+        let text = out(&output);
+        let mut nodes = BTreeSet::new();
+        for line in text.lines() {
+            // node N: snapshot index S, purged index P
+            let (node, rest) = line.split_once(": snapshot index ").expect(line);
+            let (snapshot, purged) = rest.split_once(", purged index ").expect(line);
+            let snapshot: u64 = snapshot.parse().expect(line);
+            let purged: u64 = purged.parse().expect(line);
+            assert!(snapshot >= last_revision, "{line}: before {last_revision}");
+            assert!(purged <= snapshot, "{line}");
+            nodes.insert(node.trim_start_matches("node ").to_string());
+        }
+        assert_eq!(nodes.len(), 3, "one line per node: {text}");
+
+        // openraft purges right after the snapshot; wait for it to show.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = cluster.status(2).await.unwrap();
+            if status.purged_index + 5 >= status.snapshot_index && status.purged_index > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "log not purged: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        cluster.kill(2);
+        cluster.start_node(2);
+        cluster
+            .wait_applied(2, last_revision, Duration::from_secs(30))
+            .await;
+        for i in [0, 17, 119] {
+            let value = cluster
+                .get(
+                    2,
+                    &format!("snap-{i}"),
+                    raftkv::proto::v1::Consistency::Stale,
+                )
+                .await
+                .unwrap()
+                .value;
+            assert_eq!(value, format!("v{i}").into_bytes());
+        }
+
+        // One unreachable endpoint: the others are still compacted, and the exit code says so.
+        let endpoints = format!("{},127.0.0.1:{}", cluster.node(1).address, free_port());
+        let args: Vec<String> = ["cluster", "snapshot", "--timeout", "2s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let output = tokio::task::spawn_blocking(move || raftkv(&endpoints, &args, None))
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3), "{}", err(&output));
+        assert!(
+            out(&output).starts_with("node 1: snapshot index"),
+            "{}",
+            out(&output)
+        );
+        assert!(
+            err(&output).contains("error: 127.0.0.1:"),
+            "{}",
+            err(&output)
+        );
+    })
+    .await
+}

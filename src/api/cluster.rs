@@ -226,4 +226,31 @@ impl Cluster for ClusterService {
         )
         .await
     }
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let applied = self.raft.metrics().borrow().last_applied;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(format!("raft is not running on this node: {e}")))?;
+        // The snapshot covers at least what was applied when it was asked for.
+        let built = self
+            .raft
+            .wait(Some(self.timeout))
+            .metrics(
+                |m| m.snapshot.map(|s| s.index) >= applied.map(|a| a.index),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("snapshot not built: {e}")))?;
+        Ok(Response::new(pb::SnapshotResponse {
+            id: built.id,
+            snapshot_index: built.snapshot.map(|s| s.index).unwrap_or(0),
+            purged_index: built.purged.map(|p| p.index).unwrap_or(0),
+        }))
+    }
 }
