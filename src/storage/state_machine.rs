@@ -68,19 +68,14 @@ impl KvReader {
     pub fn get(&self, key: &str) -> (Option<StoredValue>, u64) {
         let state = read(&self.state);
         let now = Self::read_clock(&state);
-        (state.map.get(key, now).cloned(), now)
+        (state.map.get(key, now), now)
     }
 
     /// Several keys read under one lock, so they come from the same applied state.
     pub fn get_many(&self, keys: &[String]) -> (Vec<Option<StoredValue>>, u64) {
         let state = read(&self.state);
         let now = Self::read_clock(&state);
-        (
-            keys.iter()
-                .map(|k| state.map.get(k, now).cloned())
-                .collect(),
-            now,
-        )
+        (keys.iter().map(|k| state.map.get(k, now)).collect(), now)
     }
 
     pub fn scan(&self, start: &str, end: Option<&str>, limit: usize) -> (ScanPage, u64) {
