@@ -1,8 +1,8 @@
-//! Snapshots on disk: the encoded map image in 64 KiB chunks and a small manifest naming them.
+//! Snapshots on disk: the encoded map image in 8 KiB chunks and a small manifest naming them.
 //!
 //! Layout:
-//! - tree `snapshot_chunks`: `generation (u64 BE) ++ chunk number (u64 BE)` → up to 64 KiB of the
-//!   image, in image order;
+//! - tree `snapshot_chunks`: `generation (u64 BE) ++ chunk number (u64 BE)` → the next
+//!   [`CHUNK_BYTES`] of the image;
 //! - tree `snapshot`: `manifest` → bincode [`Manifest`] (openraft's meta, generation, number of
 //!   chunks, total length, checksum). Versions before chunking kept the whole snapshot in one
 //!   value under `current` ([`StoredSnapshot`]); such a value is converted on open.
@@ -34,9 +34,15 @@ const KEY_MANIFEST: &str = "manifest";
 /// Where versions before chunking kept the whole snapshot.
 const KEY_LEGACY: &str = "current";
 
-/// Size of a stored chunk: far below sled's blob threshold (a quarter of a segment), so chunks
-/// stay in sled's ordinary, garbage-collected segments.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Size of a stored chunk. Far below sled's blob threshold (a quarter of a segment), so chunks
+/// stay in sled's ordinary, garbage-collected segments, and small enough that sled's page cache
+/// actually evicts them: that cache is split into 256 shards which only account for a page once
+/// 64 accesses to the shard have queued up, and a leaf holds up to 16 values, so a tree of few,
+/// large pages (64 KiB chunks make ~1 MiB leaves) mostly stays resident whatever the configured
+/// capacity. Measured with a map of 1M keys of 256 B snapshotted four times as it grew (no log,
+/// glibc malloc): live heap at the end 487 MB with 64 KiB chunks and 405 MB with 8 KiB chunks
+/// (the map itself is ~320 MB), RSS 700–720 MB and 450–475 MB; 4 KiB chunks gained no more.
+pub const CHUNK_BYTES: usize = 8 * 1024;
 
 /// A snapshot as versions before chunking stored it, in one sled value under `current`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -46,19 +46,37 @@ async fn fill(sm: &mut StateMachineStore, count: u64) {
     sm.apply(entries).await.expect("apply");
 }
 
+/// sled releases its file lock from background threads shortly after the last handle is
+/// dropped, so reopening a directory in the same process may briefly find it locked.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn open_when_unlocked(
+    dir: &Path,
+) -> Result<(storage::LogStore, StateMachineStore), OpenError> {
+    let start = std::time::Instant::now();
+    loop {
+        match storage::open(dir).await {
+            Err(OpenError::Locked { .. }) if start.elapsed() < LOCK_RELEASE_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Opens the data dir in a runtime of its own, runs `work`, and drops everything (runtime, log
 /// flusher, sled handles) before returning, so the directory can be opened again.
 fn session<T>(dir: &Path, work: impl AsyncFnOnce(StateMachineStore) -> T) -> T {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
-        let (_log, sm) = storage::open(dir).await.expect("open the data dir");
+        let (_log, sm) = open_when_unlocked(dir).await.expect("open the data dir");
         work(sm).await
     })
 }
 
 fn open_error(dir: &Path) -> String {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(storage::open(dir)) {
+    match runtime.block_on(open_when_unlocked(dir)) {
         Ok(_) => panic!("opening a damaged data dir succeeded"),
         Err(e @ OpenError::Damaged { .. }) => e.to_string(),
         Err(e) => panic!("unexpected kind of open error: {e}"),
@@ -76,11 +94,18 @@ fn raw_db(dir: &Path) -> sled::Db {
         .find_map(|line| line.strip_prefix("segment_size: "))
         .and_then(|value| value.parse().ok())
         .expect("segment_size in sled's conf");
-    sled::Config::new()
-        .path(path)
-        .segment_size(segment_size)
-        .open()
-        .expect("open sled directly")
+    let config = sled::Config::new().path(path).segment_size(segment_size);
+    let start = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e)) if start.elapsed() < LOCK_RELEASE_WAIT => {
+                assert!(e.to_string().contains("lock"), "open sled directly: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open sled directly: {e}"),
+        }
+    }
 }
 
 fn chunk_keys(dir: &Path) -> Vec<(u64, u64)> {
