@@ -5,7 +5,11 @@
 //! - `applied`: keys inserted in ascending order through `Batch` commands of 1,000 puts, as
 //!   `raftkv bench` prepopulates a cluster;
 //! - `decoded`: the same map after a snapshot round trip (how a node holds it after a restart);
-//! - `old`: the `BTreeMap<String, StoredValue>` layout the map used before, filled the same way.
+//! - `old`: the `BTreeMap<String, StoredValue>` layout the map used before, filled the same way;
+//! - `encode`: the decoded map encoded once into a snapshot image, which is what the state
+//!   machine does under its read lock (apply waits for it). Count its instructions with
+//!   `valgrind --tool=callgrind --toggle-collect='*KvMap*encode*' target/release/examples/map_memory encode`
+//!   (no timing: the benchmark machine is shared).
 //!
 //! Keys are 16 bytes and values 256 bytes, the sizes of the memory goal in BENCHMARKS.md.
 
@@ -105,13 +109,19 @@ fn main() {
             report(&mode, entries, before);
             map.len()
         }
+        "encode" => {
+            let map = KvMap::decode(&image(entries)).expect("decode");
+            let encoded = map.encode().expect("encode");
+            println!("encode: image of {} bytes", encoded.len());
+            map.len()
+        }
         "old" => {
             let map = old(entries);
             report(&mode, entries, before);
             map.len()
         }
         other => {
-            eprintln!("unknown mode {other:?}: applied, decoded or old");
+            eprintln!("unknown mode {other:?}: applied, decoded, encode or old");
             std::process::exit(2);
         }
     };
