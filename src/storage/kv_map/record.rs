@@ -1,15 +1,18 @@
 //! One map entry in one heap allocation.
 //!
 //! A `BTreeMap<String, StoredValue>` spends a 24-byte `String` and a 48-byte struct per slot of a
-//! half-full B-tree leaf, plus separate allocations for the key and the value: about 430 bytes of
+//! half-full B-tree leaf, plus separate allocations for the key and the value: about 440 bytes of
 //! memory for a 16-byte key and a 256-byte value. A [`Record`] packs the key, value, revision and
-//! expiry into one exactly sized `Box<[u8]>`, so a set of records costs the data, 10 bytes of
+//! expiry into one exactly sized `Box<[u8]>`, so a set of records costs the data, a few bytes of
 //! header, malloc's chunk rounding and a 16-byte slot in the tree.
 //!
-//! Layout: `[key length, LEB128][key][value][revision, u64 LE][expiry, u64 LE, only if set][flag]`
-//! where the last byte `flag` is 1 when an expiry is present. The key comes first so that
-//! comparisons read only the front of the record; revision and expiry come last so that the
-//! record can be written in the order a snapshot encodes an entry (key, value, revision, expiry).
+//! Layout: `[key length, LEB128][key][value][revision][expiry, u64 LE, if set][flags]`. The
+//! revision is stored in as few little-endian bytes as it needs (a log index below 2^32 takes
+//! four); the last byte, `flags`, holds that byte count in its low nibble and [`FLAG_EXPIRY`]
+//! when an expiry is present. For a 16-byte key and 256-byte value that is 278 bytes, which
+//! glibc serves from a 288-byte chunk; a fixed 8-byte revision would make it 282 bytes and a
+//! 304-byte chunk. The key comes first so comparisons read only the front of the record; the
+//! rest follows the order a snapshot encodes an entry (key, value, revision, expiry).
 //!
 //! Records are only ever built by [`Record::new`], so the layout always holds; the accessors still
 //! avoid indexing that could panic and read a damaged record as empty fields instead.
@@ -19,11 +22,12 @@ use std::cmp::Ordering;
 
 use crate::types::StoredValue;
 
-/// Bytes of the fixed trailer after the value: revision and flag.
-const TRAILER: usize = 8 + 1;
-/// Bytes the optional expiry adds to the trailer.
+/// Bytes of the optional expiry.
 const EXPIRY: usize = 8;
-const FLAG_EXPIRY: u8 = 1;
+/// Set in the flags byte when an expiry is present.
+const FLAG_EXPIRY: u8 = 0x10;
+/// The low nibble of the flags byte: how many bytes the revision takes (0 to 8).
+const REVISION_LEN_MASK: u8 = 0x0f;
 
 /// A key with its value, revision and optional expiry, ordered by key alone so that a
 /// `BTreeSet<Record>` is a map keyed by `[u8]` (see the `Borrow` impl).
@@ -32,21 +36,21 @@ pub struct Record(Box<[u8]>);
 
 impl Record {
     pub fn new(key: &[u8], value: &[u8], revision: u64, expires_at_ms: Option<u64>) -> Self {
+        let revision_len = (u64::BITS - revision.leading_zeros()).div_ceil(8) as usize;
         let expiry_len = if expires_at_ms.is_some() { EXPIRY } else { 0 };
         let mut bytes = Vec::with_capacity(
-            varint_len(key.len()) + key.len() + value.len() + expiry_len + TRAILER,
+            varint_len(key.len()) + key.len() + value.len() + revision_len + expiry_len + 1,
         );
         push_varint(&mut bytes, key.len());
         bytes.extend_from_slice(key);
         bytes.extend_from_slice(value);
-        bytes.extend_from_slice(&revision.to_le_bytes());
-        match expires_at_ms {
-            Some(at) => {
-                bytes.extend_from_slice(&at.to_le_bytes());
-                bytes.push(FLAG_EXPIRY);
-            }
-            None => bytes.push(0),
+        bytes.extend_from_slice(&revision.to_le_bytes()[..revision_len]);
+        let mut flags = revision_len as u8;
+        if let Some(at) = expires_at_ms {
+            bytes.extend_from_slice(&at.to_le_bytes());
+            flags |= FLAG_EXPIRY;
         }
+        bytes.push(flags);
         // Capacity was exact, so this does not reallocate.
         Record(bytes.into_boxed_slice())
     }
@@ -63,11 +67,20 @@ impl Record {
         (start, start.saturating_add(len).min(self.0.len()))
     }
 
-    fn trailer_len(&self) -> usize {
-        match self.0.last() {
-            Some(&FLAG_EXPIRY) => TRAILER + EXPIRY,
-            _ => TRAILER,
-        }
+    fn flags(&self) -> u8 {
+        self.0.last().copied().unwrap_or(0)
+    }
+
+    fn has_expiry(&self) -> bool {
+        self.flags() & FLAG_EXPIRY != 0
+    }
+
+    /// Where the revision starts and how long it is.
+    fn revision_bounds(&self) -> (usize, usize) {
+        let len = usize::from(self.flags() & REVISION_LEN_MASK).min(8);
+        let expiry = if self.has_expiry() { EXPIRY } else { 0 };
+        let start = self.0.len().saturating_sub(1 + expiry + len);
+        (start, len)
     }
 
     pub fn key(&self) -> &[u8] {
@@ -82,16 +95,21 @@ impl Record {
 
     pub fn value(&self) -> &[u8] {
         let (_, key_end) = self.key_bounds();
-        let value_end = self.0.len().saturating_sub(self.trailer_len());
-        self.0.get(key_end..value_end).unwrap_or_default()
+        let (revision_start, _) = self.revision_bounds();
+        self.0.get(key_end..revision_start).unwrap_or_default()
     }
 
     pub fn revision(&self) -> u64 {
-        read_u64(&self.0, self.0.len().saturating_sub(self.trailer_len()))
+        let (start, len) = self.revision_bounds();
+        let mut bytes = [0; 8];
+        if let (Some(to), Some(from)) = (bytes.get_mut(..len), self.0.get(start..start + len)) {
+            to.copy_from_slice(from);
+        }
+        u64::from_le_bytes(bytes)
     }
 
     pub fn expires_at_ms(&self) -> Option<u64> {
-        (self.trailer_len() == TRAILER + EXPIRY)
+        self.has_expiry()
             .then(|| read_u64(&self.0, self.0.len().saturating_sub(EXPIRY + 1)))
     }
 
@@ -197,7 +215,7 @@ mod tests {
         assert_eq!(plain.value(), b"value");
         assert_eq!(plain.revision(), 42);
         assert_eq!(plain.expires_at_ms(), None);
-        assert_eq!(plain.heap_bytes(), 1 + 3 + 5 + 8 + 1);
+        assert_eq!(plain.heap_bytes(), 1 + 3 + 5 + 1 + 1);
 
         let ttl = Record::new(b"k", b"", u64::MAX, Some(7));
         assert_eq!(ttl.key(), b"k");
@@ -205,6 +223,29 @@ mod tests {
         assert_eq!(ttl.revision(), u64::MAX);
         assert_eq!(ttl.expires_at_ms(), Some(7));
         assert!(ttl.is_live(6) && !ttl.is_live(7));
+    }
+
+    #[test]
+    fn revisions_of_every_width_round_trip() {
+        let mut revisions = vec![0, 1, u64::MAX];
+        revisions.extend((1..64).flat_map(|bit| [(1u64 << bit) - 1, 1u64 << bit]));
+        for revision in revisions {
+            for expiry in [None, Some(u64::MAX - 1)] {
+                let record = Record::new(b"key", &[0xff; 3], revision, expiry);
+                assert_eq!(record.revision(), revision);
+                assert_eq!(record.expires_at_ms(), expiry);
+                assert_eq!(record.value(), &[0xff; 3], "revision {revision}");
+                assert_eq!(record.key(), b"key");
+            }
+        }
+    }
+
+    #[test]
+    fn the_typical_entry_fits_a_288_byte_malloc_chunk() {
+        // 16-byte key, 256-byte value, a revision below 2^32: 278 bytes, and glibc serves
+        // requests up to 280 bytes from 288-byte chunks.
+        let record = Record::new(&[b'k'; 16], &[b'v'; 256], u32::MAX.into(), None);
+        assert_eq!(record.heap_bytes(), 278);
     }
 
     #[test]
@@ -224,8 +265,8 @@ mod tests {
 
     #[test]
     fn a_value_ending_in_the_flag_byte_is_not_mistaken_for_an_expiry() {
-        let record = Record::new(b"k", &[FLAG_EXPIRY; 20], 5, None);
-        assert_eq!(record.value(), &[FLAG_EXPIRY; 20]);
+        let record = Record::new(b"k", &[FLAG_EXPIRY | 8; 20], 5, None);
+        assert_eq!(record.value(), &[FLAG_EXPIRY | 8; 20]);
         assert_eq!(record.expires_at_ms(), None);
         assert_eq!(record.revision(), 5);
     }
