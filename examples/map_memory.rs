@@ -1,7 +1,7 @@
 //! Memory per entry of the state machine's map, measured as growth of this process's resident
 //! set (so malloc's rounding and the tree's nodes are included).
 //!
-//! Run: `cargo run --release --example map_memory -- [applied|decoded|old] [entries]`
+//! Run: `cargo run --release --example map_memory -- [applied|decoded|encode|old] [entries]`
 //! - `applied`: keys inserted in ascending order through `Batch` commands of 500 puts, as
 //!   `raftkv bench` prepopulates a cluster;
 //! - `decoded`: the same map after a snapshot round trip (how a node holds it after a restart);
