@@ -143,34 +143,42 @@ impl SnapshotStore {
     pub fn save(&self, meta: &SnapshotMeta, image: &[u8]) -> Result<(), StorageError> {
         let _guard = self.lock();
         let current = self.manifest()?;
-        if let Some(current) = &current {
+        if let Some(current) = current.as_ref() {
             if current.meta.last_log_id > meta.last_log_id {
                 tracing::info!(kept = %current.meta, skipped = %meta, "not replacing a newer snapshot");
                 return Ok(());
             }
         }
-        let generation = match &current {
+        let previous = current.map(|m| m.generation);
+        let generation = match previous {
             None => 1,
-            Some(m) => m.generation.checked_add(1).ok_or_else(|| {
+            Some(previous) => previous.checked_add(1).ok_or_else(|| {
                 write_error(
                     meta,
-                    "snapshot generation counter is exhausted (damaged manifest?)",
+                    "snapshot generation counter exhausted (damaged manifest?)",
                 )
             })?,
         };
         let fail = |e: sled::Error| write_error(meta, e);
-        self.remove_chunks_except(current.as_ref().map(|m| m.generation))
-            .map_err(fail)?;
+        // Leftovers of a save cut short may carry the generation about to be written.
+        self.remove_chunks_except(previous).map_err(fail)?;
         let manifest = self.write_chunks(meta, generation, image).map_err(fail)?;
         self.chunks.flush().map_err(fail)?;
-        let encoded = codec::encode(&manifest).map_err(|e| write_error(meta, e))?;
+        self.commit(&manifest)?;
+        self.remove_chunks_except(Some(generation)).map_err(fail)?;
+        self.chunks.flush().map_err(fail)?;
+        Ok(())
+    }
+
+    /// Makes `manifest` the current snapshot (dropping any old-format one in the same batch).
+    fn commit(&self, manifest: &Manifest) -> Result<(), StorageError> {
+        let fail = |e: &dyn ToString| write_error(&manifest.meta, e.to_string());
+        let encoded = codec::encode(manifest).map_err(|e| fail(&e))?;
         let mut batch = sled::Batch::default();
         batch.insert(KEY_MANIFEST, encoded);
         batch.remove(KEY_LEGACY);
-        self.manifests.apply_batch(batch).map_err(fail)?;
-        self.manifests.flush().map_err(fail)?;
-        self.remove_chunks_except(Some(generation)).map_err(fail)?;
-        self.chunks.flush().map_err(fail)?;
+        self.manifests.apply_batch(batch).map_err(|e| fail(&e))?;
+        self.manifests.flush().map_err(|e| fail(&e))?;
         Ok(())
     }
 
