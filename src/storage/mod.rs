@@ -5,7 +5,8 @@
 //! order):
 //! - tree `raft_log`: index → bincode `Entry`
 //! - tree `raft_meta`: `vote`, `committed`, `last_purged`, `format` → bincode values
-//! - tree `snapshot`: `current` → bincode [`state_machine::StoredSnapshot`]
+//! - trees `snapshot` (`manifest`) and `snapshot_chunks`: the latest snapshot in 8 KiB chunks
+//!   (see `state_machine::snapshot_store`)
 
 // openraft's storage traits fix the error type to its (large) `StorageError`; the helpers here
 // return it unboxed so it flows into those traits without conversion.
@@ -33,7 +34,14 @@ const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Version of the on-disk layout above; bumped when it changes incompatibly.
-const FORMAT_VERSION: u32 = 1;
+///
+/// 2: snapshots in chunks under a manifest. Version 1 kept the snapshot as one value under
+/// `snapshot`/`current`; such a dir is still opened (its snapshot is converted) and is then
+/// marked 2, so that a version-1 binary refuses it instead of finding no snapshot, starting
+/// from an empty map over a purged log and diverging silently.
+const FORMAT_VERSION: u32 = 2;
+/// Layout versions this build opens.
+const READABLE_VERSIONS: [u32; 2] = [1, 2];
 
 /// Why a data directory could not be opened, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +60,7 @@ pub enum OpenError {
     #[error("cannot open the database in {path}: {reason} (the data dir looks damaged)")]
     Damaged { path: PathBuf, reason: String },
     #[error(
-        "data dir {path} was written by an incompatible raftkv (layout version {found}, this build reads {FORMAT_VERSION})"
+        "data dir {path} was written by an incompatible raftkv (layout version {found}, this build reads versions {READABLE_VERSIONS:?})"
     )]
     Version { path: PathBuf, found: u32 },
 }
@@ -92,6 +100,7 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
         .check_readable()
         .map_err(|e| damaged(e.to_string()))?;
     let state_machine = StateMachineStore::open(&db).map_err(|e| damaged(e.to_string()))?;
+    mark_format(&db, &db_path)?;
     Ok((log_store, state_machine))
 }
 
@@ -128,6 +137,8 @@ fn classify_open_error(path: &Path, source: sled::Error) -> OpenError {
     }
 }
 
+/// Refuses a layout this build cannot read; a pristine database gets no mark until
+/// [`mark_format`].
 fn check_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
     let damaged = |reason: String| OpenError::Damaged {
         path: path.to_path_buf(),
@@ -136,22 +147,32 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
     let meta = db
         .open_tree(log_store::META_TREE)
         .map_err(|e| damaged(e.to_string()))?;
-    match meta.get("format").map_err(|e| damaged(e.to_string()))? {
-        Some(bytes) => {
-            let found: u32 = codec::decode(&bytes).map_err(|e| damaged(e.to_string()))?;
-            if found != FORMAT_VERSION {
-                return Err(OpenError::Version {
-                    path: path.to_path_buf(),
-                    found,
-                });
-            }
-        }
-        None => {
-            let bytes = codec::encode(&FORMAT_VERSION).map_err(|e| damaged(e.to_string()))?;
-            meta.insert("format", bytes)
-                .map_err(|e| damaged(e.to_string()))?;
+    if let Some(bytes) = meta.get("format").map_err(|e| damaged(e.to_string()))? {
+        let found: u32 = codec::decode(&bytes).map_err(|e| damaged(e.to_string()))?;
+        if !READABLE_VERSIONS.contains(&found) {
+            return Err(OpenError::Version {
+                path: path.to_path_buf(),
+                found,
+            });
         }
     }
+    Ok(())
+}
+
+/// Records (durably) that the database now has this build's layout; called once everything
+/// older has been converted.
+fn mark_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
+    let damaged = |reason: String| OpenError::Damaged {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = db
+        .open_tree(log_store::META_TREE)
+        .map_err(|e| damaged(e.to_string()))?;
+    let bytes = codec::encode(&FORMAT_VERSION).map_err(|e| damaged(e.to_string()))?;
+    meta.insert("format", bytes)
+        .map_err(|e| damaged(e.to_string()))?;
+    db.flush().map_err(|e| damaged(e.to_string()))?;
     Ok(())
 }
 
@@ -186,5 +207,75 @@ mod tests {
         assert_eq!(segment_size_of(dir.path()), Some(512 * 1024));
         open(dir.path()).await.unwrap();
         assert_eq!(segment_size_of(dir.path()), Some(512 * 1024));
+    }
+
+    /// Reopens `dir` once sled has let go of it (its lock is released by background threads).
+    async fn reopen(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+        let start = std::time::Instant::now();
+        loop {
+            match open(dir).await {
+                Err(OpenError::Locked { .. })
+                    if start.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Opens the sled database of `dir` directly, once raftkv has let go of it.
+    async fn open_sled(dir: &Path) -> sled::Db {
+        let start = std::time::Instant::now();
+        loop {
+            let opened = sled::Config::new()
+                .path(dir.join("sled"))
+                .segment_size(SLED_SEGMENT_BYTES)
+                .open();
+            match opened {
+                Ok(db) => return db,
+                Err(_) if start.elapsed() < std::time::Duration::from_secs(10) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot open {dir:?} with sled: {e}"),
+            }
+        }
+    }
+
+    /// Sets the recorded layout version with sled directly, as another build would have.
+    async fn record_format(dir: &Path, version: u32) {
+        drop(reopen(dir).await.unwrap());
+        let db = open_sled(dir).await;
+        let meta = db.open_tree(log_store::META_TREE).unwrap();
+        meta.insert("format", codec::encode(&version).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    async fn format_of(dir: &Path) -> u32 {
+        let db = open_sled(dir).await;
+        let meta = db.open_tree(log_store::META_TREE).unwrap();
+        codec::decode(&meta.get("format").unwrap().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_version_1_data_dir_opens_and_is_then_marked_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        record_format(dir.path(), 1).await;
+        drop(reopen(dir.path()).await.unwrap());
+        assert_eq!(format_of(dir.path()).await, FORMAT_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_of_an_unknown_layout_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        record_format(dir.path(), 7).await;
+        match reopen(dir.path()).await {
+            Err(e @ OpenError::Version { found: 7, .. }) => {
+                assert!(e.to_string().contains("layout version 7"), "{e}");
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a layout-7 data dir was opened"),
+        }
     }
 }
