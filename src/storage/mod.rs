@@ -90,10 +90,7 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
         .open()
         .map_err(|source| classify_open_error(&db_path, source))?;
 
-    let damaged = |reason: String| OpenError::Damaged {
-        path: db_path.clone(),
-        reason,
-    };
+    let damaged = damaged_at(&db_path);
     check_format(&db, &db_path)?;
     let log_store = LogStore::open(&db).map_err(|e| damaged(e.to_string()))?;
     log_store
@@ -137,13 +134,18 @@ fn classify_open_error(path: &Path, source: sled::Error) -> OpenError {
     }
 }
 
+/// An error about `path` reported as a damaged data dir.
+fn damaged_at(path: &Path) -> impl Fn(String) -> OpenError + '_ {
+    move |reason| OpenError::Damaged {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
 /// Refuses a layout this build cannot read; a pristine database gets no mark until
 /// [`mark_format`].
 fn check_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
-    let damaged = |reason: String| OpenError::Damaged {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let damaged = damaged_at(path);
     let meta = db
         .open_tree(log_store::META_TREE)
         .map_err(|e| damaged(e.to_string()))?;
@@ -162,18 +164,13 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
 /// Records (durably) that the database now has this build's layout; called once everything
 /// older has been converted.
 fn mark_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
-    let damaged = |reason: String| OpenError::Damaged {
-        path: path.to_path_buf(),
-        reason,
+    let write = || -> Result<(), Box<dyn std::error::Error>> {
+        let meta = db.open_tree(log_store::META_TREE)?;
+        meta.insert("format", codec::encode(&FORMAT_VERSION)?)?;
+        db.flush()?;
+        Ok(())
     };
-    let meta = db
-        .open_tree(log_store::META_TREE)
-        .map_err(|e| damaged(e.to_string()))?;
-    let bytes = codec::encode(&FORMAT_VERSION).map_err(|e| damaged(e.to_string()))?;
-    meta.insert("format", bytes)
-        .map_err(|e| damaged(e.to_string()))?;
-    db.flush().map_err(|e| damaged(e.to_string()))?;
-    Ok(())
+    write().map_err(|e| damaged_at(path)(e.to_string()))
 }
 
 #[cfg(test)]
