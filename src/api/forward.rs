@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::gather::Gatherer;
 use crate::network::lazy_channel;
 use crate::proto::raft_v1::forward_client::ForwardClient;
 use crate::proto::raft_v1::{ForwardedCall, ForwardedCalls, KvMethod};
@@ -160,33 +161,21 @@ async fn send_batches(
     client: ForwardClient<Channel>,
     own_id: NodeId,
     timeout: Duration,
-    mut pending: mpsc::UnboundedReceiver<Queued>,
+    pending: mpsc::UnboundedReceiver<Queued>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    let mut carried: Option<Queued> = None;
+    let mut gatherer = Gatherer::new(pending, MAX_CALLS_PER_BATCH, BATCH_BYTES);
     loop {
         // Wait for a free slot first, so that calls arriving meanwhile join one message.
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let first = match carried.take() {
-            Some(queued) => queued,
-            None => match pending.recv().await {
-                Some(queued) => queued,
-                None => return,
-            },
+        let Some(batch) = gatherer
+            .next_batch(|queued| queued.call.request.len())
+            .await
+        else {
+            return;
         };
-        let mut bytes = first.call.request.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_CALLS_PER_BATCH {
-            let Ok(next) = pending.try_recv() else { break };
-            bytes += next.call.request.len();
-            if bytes > BATCH_BYTES {
-                carried = Some(next);
-                break;
-            }
-            batch.push(next);
-        }
         let mut client = client.clone();
         tokio::spawn(async move {
             send_batch(&mut client, own_id, timeout, batch).await;

@@ -6,6 +6,7 @@ pub mod counters;
 pub mod errors;
 pub mod forward;
 pub mod forward_service;
+pub mod gather;
 pub mod kv;
 pub mod limits;
 pub mod proposer;

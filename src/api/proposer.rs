@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 
 use super::errors::{write_error, Redirect};
+use super::gather::Gatherer;
 use crate::types::{now_ms, Command, CommandResult, Proposal, Raft};
 
 /// Entries proposed and not yet answered. Two keep the pipeline busy while the next batch forms.
@@ -58,36 +59,20 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
+async fn run(raft: Raft, queue: mpsc::UnboundedReceiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut carried: Option<Pending> = None;
+    let mut gatherer = Gatherer::new(queue, MAX_ENTRY_WRITES, MAX_ENTRY_BYTES);
     loop {
         // Wait for a free slot first: writes arriving meanwhile queue up and join one entry.
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match queue.recv().await {
-                Some(pending) => pending,
-                None => return,
-            },
+        let Some(batch) = gatherer
+            .next_batch(|pending| pending.command.approx_bytes())
+            .await
+        else {
+            return;
         };
-        let mut bytes = first.command.approx_bytes();
-        let mut batch = vec![first];
-        while batch.len() < MAX_ENTRY_WRITES && bytes < MAX_ENTRY_BYTES {
-            match queue.try_recv() {
-                Ok(pending) => {
-                    bytes += pending.command.approx_bytes();
-                    if bytes > MAX_ENTRY_BYTES {
-                        carried = Some(pending);
-                        break;
-                    }
-                    batch.push(pending);
-                }
-                Err(_) => break,
-            }
-        }
         let raft = raft.clone();
         tokio::spawn(async move {
             propose_batch(&raft, batch).await;
