@@ -189,8 +189,15 @@ async fn send_batch(
     client: &mut ForwardClient<Channel>,
     own_id: NodeId,
     timeout: Duration,
-    batch: Vec<Queued>,
+    mut batch: Vec<Queued>,
 ) {
+    // A caller that stopped waiting (its client gave up or disconnected while the call queued,
+    // e.g. behind messages stuck on a leader that went away) must not have its write applied
+    // later: its call is dropped unsent.
+    batch.retain(|queued| !queued.reply.is_closed());
+    if batch.is_empty() {
+        return;
+    }
     let (calls, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.call, q.reply)).unzip();
     let mut request = tonic::Request::new(ForwardedCalls { calls });
     request.set_timeout(timeout);
