@@ -16,6 +16,8 @@ pub mod codec;
 pub mod kv_map;
 pub mod log_store;
 pub mod state_machine;
+#[cfg(test)]
+mod test_support;
 
 use std::path::{Path, PathBuf};
 
@@ -175,6 +177,7 @@ fn mark_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::{open_when_unlocked, raw_db};
     use super::*;
 
     fn segment_size_of(data_dir: &Path) -> Option<usize> {
@@ -206,51 +209,18 @@ mod tests {
         assert_eq!(segment_size_of(dir.path()), Some(512 * 1024));
     }
 
-    /// Reopens `dir` once sled has let go of it (its lock is released by background threads).
-    async fn reopen(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
-        let start = std::time::Instant::now();
-        loop {
-            match open(dir).await {
-                Err(OpenError::Locked { .. })
-                    if start.elapsed() < std::time::Duration::from_secs(10) =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                result => return result,
-            }
-        }
-    }
-
-    /// Opens the sled database of `dir` directly, once raftkv has let go of it.
-    async fn open_sled(dir: &Path) -> sled::Db {
-        let start = std::time::Instant::now();
-        loop {
-            let opened = sled::Config::new()
-                .path(dir.join("sled"))
-                .segment_size(SLED_SEGMENT_BYTES)
-                .open();
-            match opened {
-                Ok(db) => return db,
-                Err(_) if start.elapsed() < std::time::Duration::from_secs(10) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("cannot open {dir:?} with sled: {e}"),
-            }
-        }
-    }
-
     /// Sets the recorded layout version with sled directly, as another build would have.
     async fn record_format(dir: &Path, version: u32) {
-        drop(reopen(dir).await.unwrap());
-        let db = open_sled(dir).await;
+        drop(open_when_unlocked(dir).await.unwrap());
+        let db = raw_db(dir);
         let meta = db.open_tree(log_store::META_TREE).unwrap();
         meta.insert("format", codec::encode(&version).unwrap())
             .unwrap();
         db.flush().unwrap();
     }
 
-    async fn format_of(dir: &Path) -> u32 {
-        let db = open_sled(dir).await;
+    fn format_of(dir: &Path) -> u32 {
+        let db = raw_db(dir);
         let meta = db.open_tree(log_store::META_TREE).unwrap();
         codec::decode(&meta.get("format").unwrap().unwrap()).unwrap()
     }
@@ -259,15 +229,15 @@ mod tests {
     async fn a_version_1_data_dir_opens_and_is_then_marked_version_2() {
         let dir = tempfile::tempdir().unwrap();
         record_format(dir.path(), 1).await;
-        drop(reopen(dir.path()).await.unwrap());
-        assert_eq!(format_of(dir.path()).await, FORMAT_VERSION);
+        drop(open_when_unlocked(dir.path()).await.unwrap());
+        assert_eq!(format_of(dir.path()), FORMAT_VERSION);
     }
 
     #[tokio::test]
     async fn a_data_dir_of_an_unknown_layout_is_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         record_format(dir.path(), 7).await;
-        match reopen(dir.path()).await {
+        match open_when_unlocked(dir.path()).await {
             Err(e @ OpenError::Version { found: 7, .. }) => {
                 assert!(e.to_string().contains("layout version 7"), "{e}");
             }

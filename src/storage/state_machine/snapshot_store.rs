@@ -80,7 +80,8 @@ fn write_error(meta: &SnapshotMeta, e: impl ToString) -> StorageError {
     StorageIOError::write_snapshot(Some(meta.signature()), AnyError::error(e)).into()
 }
 
-fn chunk_key(generation: u64, index: u64) -> [u8; 16] {
+/// Key of chunk `index` of `generation`: big-endian, so sled orders chunks as they are read.
+pub(super) fn chunk_key(generation: u64, index: u64) -> [u8; 16] {
     let mut key = [0; 16];
     key[..8].copy_from_slice(&generation.to_be_bytes());
     key[8..].copy_from_slice(&index.to_be_bytes());

@@ -7,8 +7,10 @@ use std::path::Path;
 use openraft::{CommittedLeaderId, Membership};
 use serde::Serialize;
 
+use super::snapshot_store::chunk_key;
 use super::*;
-use crate::storage::{self, codec, OpenError};
+use crate::storage::test_support::{open_when_unlocked, raw_db};
+use crate::storage::{codec, OpenError};
 use crate::types::{Command, Proposal, PutOp};
 
 const VALUE_BYTES: usize = 256;
@@ -46,24 +48,6 @@ async fn fill(sm: &mut StateMachineStore, count: u64) {
     sm.apply(entries).await.expect("apply");
 }
 
-/// sled releases its file lock from background threads shortly after the last handle is
-/// dropped, so reopening a directory in the same process may briefly find it locked.
-const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn open_when_unlocked(
-    dir: &Path,
-) -> Result<(storage::LogStore, StateMachineStore), OpenError> {
-    let start = std::time::Instant::now();
-    loop {
-        match storage::open(dir).await {
-            Err(OpenError::Locked { .. }) if start.elapsed() < LOCK_RELEASE_WAIT => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            result => return result,
-        }
-    }
-}
-
 /// Opens the data dir in a runtime of its own, runs `work`, and drops everything (runtime, log
 /// flusher, sled handles) before returning, so the directory can be opened again.
 fn session<T>(dir: &Path, work: impl AsyncFnOnce(StateMachineStore) -> T) -> T {
@@ -80,31 +64,6 @@ fn open_error(dir: &Path) -> String {
         Ok(_) => panic!("opening a damaged data dir succeeded"),
         Err(e @ OpenError::Damaged { .. }) => e.to_string(),
         Err(e) => panic!("unexpected kind of open error: {e}"),
-    }
-}
-
-/// The node's sled database opened directly, with the segment size recorded in it (sled refuses
-/// any other, and `storage::open` picks its own).
-fn raw_db(dir: &Path) -> sled::Db {
-    let path = dir.join("sled");
-    // Text lines followed by a binary checksum.
-    let conf = std::fs::read(path.join("conf")).expect("sled writes a conf file");
-    let segment_size = String::from_utf8_lossy(&conf)
-        .lines()
-        .find_map(|line| line.strip_prefix("segment_size: "))
-        .and_then(|value| value.parse().ok())
-        .expect("segment_size in sled's conf");
-    let config = sled::Config::new().path(path).segment_size(segment_size);
-    let start = std::time::Instant::now();
-    loop {
-        match config.open() {
-            Ok(db) => return db,
-            Err(sled::Error::Io(e)) if start.elapsed() < LOCK_RELEASE_WAIT => {
-                assert!(e.to_string().contains("lock"), "open sled directly: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("open sled directly: {e}"),
-        }
     }
 }
 
@@ -367,9 +326,8 @@ fn chunks_left_by_an_interrupted_write_are_ignored_and_removed() {
         let db = raw_db(dir.path());
         let tree = db.open_tree("snapshot_chunks").unwrap();
         for index in 0..3u64 {
-            let mut key = 2u64.to_be_bytes().to_vec();
-            key.extend_from_slice(&index.to_be_bytes());
-            tree.insert(key, vec![0xee; CHUNK_BYTES]).unwrap();
+            tree.insert(chunk_key(2, index), vec![0xee; CHUNK_BYTES])
+                .unwrap();
         }
         db.flush().unwrap();
     }
@@ -384,8 +342,7 @@ fn chunks_left_by_an_interrupted_write_are_ignored_and_removed() {
 fn damage_chunk(dir: &Path, index: u64, content: Option<Vec<u8>>) {
     let db = raw_db(dir);
     let tree = db.open_tree("snapshot_chunks").unwrap();
-    let mut key = 1u64.to_be_bytes().to_vec();
-    key.extend_from_slice(&index.to_be_bytes());
+    let key = chunk_key(1, index);
     match content {
         Some(bytes) => tree.insert(key, bytes).unwrap(),
         None => tree.remove(key).unwrap(),
@@ -410,9 +367,11 @@ fn a_chunk_with_changed_bytes_is_reported_at_open() {
     // Same length, different bytes: inside values, so only the checksum can notice.
     let db = raw_db(dir.path());
     let tree = db.open_tree("snapshot_chunks").unwrap();
-    let mut key = 1u64.to_be_bytes().to_vec();
-    key.extend_from_slice(&1u64.to_be_bytes());
-    let mut chunk = tree.get(&key).unwrap().expect("chunk 1").to_vec();
+    let mut chunk = tree
+        .get(chunk_key(1, 1))
+        .unwrap()
+        .expect("chunk 1")
+        .to_vec();
     drop((tree, db));
     chunk[CHUNK_BYTES / 2] ^= 0x01;
     damage_chunk(dir.path(), 1, Some(chunk));
