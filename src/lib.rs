@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod expiry;
 pub mod http;
+pub mod memory;
 pub mod network;
 pub mod node;
 pub mod proto;

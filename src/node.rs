@@ -67,6 +67,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let address = args.validate().map_err(|e| anyhow!(e))?;
     let config = Arc::new(raft_config(&args)?);
+    crate::memory::tune_allocator();
 
     let (log_store, state_machine) = storage::open(&args.data_dir).await?;
     let reader = state_machine.reader();

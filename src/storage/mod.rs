@@ -5,8 +5,8 @@
 //! order):
 //! - tree `raft_log`: index → bincode `Entry`
 //! - tree `raft_meta`: `vote`, `committed`, `last_purged`, `format` → bincode values
-//! - trees `snapshot` (`manifest`) and `snapshot_chunks`: the latest snapshot in 8 KiB chunks
-//!   (see `state_machine::snapshot_store`)
+//! - tree `snapshot`: `manifest`, naming the latest snapshot, whose image is in a sled database
+//!   of its own under `snapshots/<generation>/` (see `state_machine::snapshot_store`)
 
 // openraft's storage traits fix the error type to its (large) `StorageError`; the helpers here
 // return it unboxed so it flows into those traits without conversion.
@@ -25,6 +25,9 @@ pub use kv_map::ScanPage;
 pub use log_store::LogStore;
 pub use state_machine::{KvReader, StateMachineStore};
 
+/// Directory under the data dir holding one sled database per snapshot image.
+const SNAPSHOT_DIR: &str = "snapshots";
+
 /// sled's page cache size (see `open`).
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -37,13 +40,14 @@ const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Version of the on-disk layout above; bumped when it changes incompatibly.
 ///
-/// 2: snapshots in chunks under a manifest. Version 1 kept the snapshot as one value under
-/// `snapshot`/`current`; such a dir is still opened (its snapshot is converted) and is then
-/// marked 2, so that a version-1 binary refuses it instead of finding no snapshot, starting
-/// from an empty map over a purged log and diverging silently.
-const FORMAT_VERSION: u32 = 2;
+/// 3: snapshot images in sled databases of their own under `snapshots/`. Version 2 kept the
+/// chunks in the main database and version 1 kept the snapshot as one value under
+/// `snapshot`/`current`; such dirs are still opened (their snapshot is converted) and are then
+/// marked 3, so that an older binary refuses them with this message instead of finding no
+/// snapshot where it looks, starting from an empty map over a purged log and diverging silently.
+const FORMAT_VERSION: u32 = 3;
 /// Layout versions this build opens.
-const READABLE_VERSIONS: [u32; 2] = [1, 2];
+const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
 
 /// Why a data directory could not be opened, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +102,8 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
     log_store
         .check_readable()
         .map_err(|e| damaged(e.to_string()))?;
-    let state_machine = StateMachineStore::open(&db).map_err(|e| damaged(e.to_string()))?;
+    let state_machine = StateMachineStore::open(&db, data_dir.join(SNAPSHOT_DIR))
+        .map_err(|e| damaged(e.to_string()))?;
     mark_format(&db, &db_path)?;
     Ok((log_store, state_machine))
 }
@@ -106,7 +111,7 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
 /// The segment size to open `db_path` with: sled refuses to reopen a database with a segment size
 /// other than the one it was created with, so a data dir made by an earlier raftkv (512 KiB) keeps
 /// its own, read from the `conf` file sled writes beside the database.
-fn segment_size(db_path: &Path) -> usize {
+pub(crate) fn segment_size(db_path: &Path) -> usize {
     // The file ends in a binary checksum, so it is not valid UTF-8 as a whole.
     std::fs::read(db_path.join("conf"))
         .ok()

@@ -9,11 +9,13 @@
 //! disk work, so they run on tokio's blocking pool rather than on an async worker, where they
 //! would stall heartbeats and RPCs sharing that worker.
 
+mod image_db;
 mod snapshot_store;
 #[cfg(test)]
 mod tests;
 
 use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -25,6 +27,7 @@ use openraft::{
 use self::snapshot_store::SnapshotStore;
 pub use self::snapshot_store::{StoredSnapshot, CHUNK_BYTES};
 use super::kv_map::{KvMap, ScanPage};
+use crate::memory::release_free_memory;
 use crate::types::{
     now_ms, CommandResult, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, StoredValue,
     TypeConfig,
@@ -103,9 +106,10 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Opens the snapshot store and loads the latest snapshot, if any, into the map.
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
-        let snapshots = Arc::new(SnapshotStore::open(db)?);
+    /// Opens the snapshot store (manifest in `db`, images under `images`) and loads the latest
+    /// snapshot, if any, into the map.
+    pub fn open(db: &sled::Db, images: PathBuf) -> Result<Self, StorageError> {
+        let snapshots = Arc::new(SnapshotStore::open(db, images)?);
         let store = Self {
             state: Shared::default(),
             snapshots,
@@ -116,6 +120,7 @@ impl StateMachineStore {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership,
             };
+            release_free_memory();
         }
         Ok(store)
     }
@@ -231,7 +236,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let snapshots = self.snapshots.clone();
-        let stored = blocking(ErrorVerb::Read, move || snapshots.read()).await?;
+        let stored = blocking(ErrorVerb::Read, move || {
+            let stored = snapshots.read()?;
+            release_free_memory();
+            Ok(stored)
+        })
+        .await?;
         Ok(stored.map(|(meta, image)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(image)),
@@ -279,18 +289,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(image)),
         })
-    }
-}
-
-/// Hands memory freed during a snapshot back to the system. Writing an image of a large map
-/// through sled churns hundreds of megabytes of short-lived buffers; glibc keeps such freed
-/// memory in its arenas, so without this the node's resident size stayed about 100 MB higher
-/// after every snapshot (measured with 1,000,000 keys).
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

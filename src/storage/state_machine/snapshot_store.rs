@@ -1,24 +1,24 @@
-//! Snapshots on disk: the encoded map image in 8 KiB chunks and a small manifest naming them.
+//! Snapshots on disk: the encoded map image in a sled database of its own, and a small manifest
+//! in the node's main database naming it.
 //!
 //! Layout:
-//! - tree `snapshot_chunks`: `generation (u64 BE) ++ chunk number (u64 BE)` → the next
-//!   [`CHUNK_BYTES`] of the image;
-//! - tree `snapshot`: `manifest` → bincode [`Manifest`] (openraft's meta, generation, number of
-//!   chunks, total length, checksum). Versions before chunking kept the whole snapshot in one
-//!   value under `current` ([`StoredSnapshot`]); such a value is converted on open.
+//! - `<data dir>/snapshots/<generation>/`: a sled database holding the image in
+//!   [`CHUNK_BYTES`] chunks under `generation (u64 BE) ++ chunk number (u64 BE)` (see
+//!   [`image_db`](super::image_db) for why a database of its own);
+//! - main database, tree `snapshot`: `manifest` → bincode [`Manifest`] (openraft's meta,
+//!   generation, number of chunks, total length, checksum).
 //!
-//! Why chunks: one 280 MB value became a sled blob file, reclaimed only lazily, so every
-//! snapshot left another one on disk, and reading it back needed the whole value in memory at
-//! once. Chunks are ordinary sled values that sled's segment cleaning reclaims, and the image can
-//! be decoded while it streams from disk.
+//! Earlier layouts are converted on open: layout 1 kept the whole snapshot in one value under
+//! `snapshot`/`current` ([`StoredSnapshot`]); layout 2 kept the chunks in the main database's
+//! tree `snapshot_chunks`, which is dropped once its image has been copied out.
 //!
 //! Crash safety: a new image is written under a fresh generation and flushed before its manifest
 //! is written (and flushed), so until the manifest lands the previous manifest still names the
-//! previous chunks, which are removed only afterwards. Chunks no manifest names (a write or a
-//! clean-up cut short) are removed on open and before each write.
+//! previous image, which is deleted only afterwards. Images no manifest names (a write or a
+//! clean-up cut short) are deleted on open and before each write.
 
 use std::io::Read;
-use std::ops::Bound;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use openraft::{AnyError, StorageIOError};
@@ -26,23 +26,16 @@ use serde::{Deserialize, Serialize};
 
 use super::super::codec;
 use super::super::kv_map::KvMap;
+use super::image_db::ImageDir;
+pub use super::image_db::CHUNK_BYTES;
 use crate::types::{SnapshotMeta, StorageError};
 
 const MANIFEST_TREE: &str = "snapshot";
-const CHUNK_TREE: &str = "snapshot_chunks";
+/// Where layout 2 kept the chunks.
+const LEGACY_CHUNK_TREE: &str = "snapshot_chunks";
 const KEY_MANIFEST: &str = "manifest";
-/// Where versions before chunking kept the whole snapshot.
+/// Where layout 1 kept the whole snapshot.
 const KEY_LEGACY: &str = "current";
-
-/// Size of a stored chunk. Far below sled's blob threshold (a quarter of a segment), so chunks
-/// stay in sled's ordinary, garbage-collected segments, and small enough that sled's page cache
-/// actually evicts them: that cache is split into 256 shards which only account for a page once
-/// 64 accesses to the shard have queued up, and a leaf holds up to 16 values, so a tree of few,
-/// large pages (64 KiB chunks make ~1 MiB leaves) mostly stays resident whatever the configured
-/// capacity. Measured with a map of 1M keys of 256 B snapshotted four times as it grew (no log,
-/// glibc malloc): live heap at the end 487 MB with 64 KiB chunks and 405 MB with 8 KiB chunks
-/// (the map itself is ~320 MB), RSS 700–720 MB and 450–475 MB; 4 KiB chunks gained no more.
-pub const CHUNK_BYTES: usize = 8 * 1024;
 
 /// A snapshot as versions before chunking stored it, in one sled value under `current`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,9 +59,10 @@ struct Manifest {
 
 pub struct SnapshotStore {
     manifests: sled::Tree,
-    chunks: sled::Tree,
+    images: ImageDir,
     /// Held for each whole save and read: two saves (a build and an install may overlap) must
-    /// not interleave their chunks, and a read must not see chunks removed under it.
+    /// not interleave, a read must not see its image deleted under it, and an image database
+    /// can be open only once at a time.
     lock: Mutex<()>,
 }
 
@@ -89,17 +83,19 @@ pub(super) fn chunk_key(generation: u64, index: u64) -> [u8; 16] {
 }
 
 impl SnapshotStore {
-    /// Opens the trees, converts a snapshot left by an older version and drops unnamed chunks.
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+    /// Opens the manifest tree of `db` and the image directory `images`, converts a snapshot
+    /// left by an older layout and deletes images no manifest names.
+    pub fn open(db: &sled::Db, images: PathBuf) -> Result<Self, StorageError> {
         let store = SnapshotStore {
             manifests: db.open_tree(MANIFEST_TREE).map_err(read_error)?,
-            chunks: db.open_tree(CHUNK_TREE).map_err(read_error)?,
+            images: ImageDir::new(images),
             lock: Mutex::new(()),
         };
-        store.convert_legacy()?;
+        store.convert_one_value()?;
+        store.convert_chunk_tree(db)?;
         // No lock: nothing else uses the store before `open` returns.
         let current = store.manifest()?.map(|m| m.generation);
-        store.remove_chunks_except(current).map_err(read_error)?;
+        store.images.remove_except(current).map_err(read_error)?;
         Ok(store)
     }
 
@@ -117,24 +113,50 @@ impl SnapshotStore {
         Ok(Some(manifest))
     }
 
-    /// Rewrites a snapshot stored by a version before chunking in the chunked form.
-    fn convert_legacy(&self) -> Result<(), StorageError> {
+    /// Rewrites a snapshot stored in layout 1 (one value) in the current form.
+    fn convert_one_value(&self) -> Result<(), StorageError> {
         let Some(bytes) = self.manifests.get(KEY_LEGACY).map_err(read_error)? else {
             return Ok(());
         };
         let legacy: StoredSnapshot = codec::decode(&bytes)
             .map_err(|e| read_error(format!("snapshot (old format) is damaged: {e}")))?;
         drop(bytes);
-        tracing::info!(meta = %legacy.meta, "converting the snapshot to the chunked format");
+        tracing::info!(meta = %legacy.meta, "converting the snapshot to the current format");
         // Not decoded here: `load_map` decodes the converted image and reports damage.
         self.save(&legacy.meta, &legacy.data)?;
-        // `save` removes it too, unless it kept a newer chunked snapshot instead.
+        // `save` removes it too, unless it kept a newer snapshot instead.
         self.manifests
             .remove(KEY_LEGACY)
             .map_err(|e| write_error(&legacy.meta, e))?;
         self.manifests
             .flush()
             .map_err(|e| write_error(&legacy.meta, e))?;
+        Ok(())
+    }
+
+    /// Copies a snapshot stored in layout 2 (chunks in the main database) into an image database
+    /// of its own, then drops the chunk tree. A manifest whose image directory is missing while
+    /// that tree exists is a layout-2 manifest: layout 3 creates the directory first.
+    fn convert_chunk_tree(&self, db: &sled::Db) -> Result<(), StorageError> {
+        let has_tree = db
+            .tree_names()
+            .iter()
+            .any(|name| name.as_ref() == LEGACY_CHUNK_TREE.as_bytes());
+        if !has_tree {
+            return Ok(());
+        }
+        let chunks = db.open_tree(LEGACY_CHUNK_TREE).map_err(read_error)?;
+        if let Some(manifest) = self.manifest()? {
+            if !self.images.contains(manifest.generation) {
+                tracing::info!(meta = %manifest.meta, "moving the snapshot to a database of its own");
+                let image = read_image(&chunks, &manifest)?;
+                self.save(&manifest.meta, &image)?;
+            }
+        }
+        drop(chunks);
+        let fail = |e: sled::Error| read_error(format!("dropping the old snapshot chunks: {e}"));
+        db.drop_tree(LEGACY_CHUNK_TREE).map_err(fail)?;
+        db.flush().map_err(fail)?;
         Ok(())
     }
 
@@ -160,18 +182,32 @@ impl SnapshotStore {
                 )
             })?,
         };
-        let fail = |e: sled::Error| write_error(meta, e);
         // Leftovers of a save cut short may carry the generation about to be written.
-        self.remove_chunks_except(previous).map_err(fail)?;
-        let manifest = self.write_chunks(meta, generation, image).map_err(fail)?;
-        self.chunks.flush().map_err(fail)?;
-        self.commit(&manifest)?;
-        self.remove_chunks_except(Some(generation)).map_err(fail)?;
-        self.chunks.flush().map_err(fail)?;
+        self.images
+            .remove_except(previous)
+            .map_err(|e| write_error(meta, e))?;
+        let chunks = image.chunks(CHUNK_BYTES);
+        let mut checksum = Checksum::default();
+        chunks.clone().for_each(|chunk| checksum.update(chunk));
+        self.images
+            .write(generation, chunks.clone(), |index| {
+                chunk_key(generation, index)
+            })
+            .map_err(|e| write_error(meta, e))?;
+        self.commit(&Manifest {
+            meta: meta.clone(),
+            generation,
+            chunks: chunks.len() as u64,
+            len: image.len() as u64,
+            checksum: checksum.value(),
+        })?;
+        self.images
+            .remove_except(Some(generation))
+            .map_err(|e| write_error(meta, e))?;
         Ok(())
     }
 
-    /// Makes `manifest` the current snapshot (dropping any old-format one in the same batch).
+    /// Makes `manifest` the current snapshot (dropping any layout-1 one in the same batch).
     fn commit(&self, manifest: &Manifest) -> Result<(), StorageError> {
         let fail = |e: &dyn ToString| write_error(&manifest.meta, e.to_string());
         let encoded = codec::encode(manifest).map_err(|e| fail(&e))?;
@@ -183,46 +219,17 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// Inserts the image's chunks one by one: a batch would hold a copy of all of them at once.
-    fn write_chunks(
-        &self,
-        meta: &SnapshotMeta,
-        generation: u64,
-        image: &[u8],
-    ) -> Result<Manifest, sled::Error> {
-        let mut checksum = Checksum::default();
-        let mut chunks = 0;
-        for (index, chunk) in (0u64..).zip(image.chunks(CHUNK_BYTES)) {
-            checksum.update(chunk);
-            self.chunks.insert(chunk_key(generation, index), chunk)?;
-            chunks = index + 1;
-        }
-        Ok(Manifest {
-            meta: meta.clone(),
-            generation,
-            chunks,
-            len: image.len() as u64,
-            checksum: checksum.value(),
-        })
-    }
-
-    /// Removes every chunk outside generation `keep` (all of them when `keep` is `None`). Only
-    /// the key ranges around the kept generation are visited, so its chunks are not read.
-    fn remove_chunks_except(&self, keep: Option<u64>) -> Result<(), sled::Error> {
-        use Bound::{Excluded, Unbounded};
-        let ranges = match keep {
-            Some(generation) => vec![
-                (Unbounded, Excluded(chunk_key(generation, 0))),
-                (Excluded(chunk_key(generation, u64::MAX)), Unbounded),
-            ],
-            None => vec![(Unbounded, Unbounded)],
+    /// Opens the image database the manifest names.
+    fn open_image(&self, manifest: &Manifest) -> Result<sled::Db, StorageError> {
+        let missing = || {
+            read_error(format!(
+                "snapshot {} is damaged: its image database (generation {}) is missing",
+                manifest.meta, manifest.generation
+            ))
         };
-        for range in ranges {
-            for key in self.chunks.range(range).keys() {
-                self.chunks.remove(key?)?;
-            }
-        }
-        Ok(())
+        let db = self.images.open(manifest.generation);
+        db.map_err(|e| read_error(format!("snapshot {}: {e}", manifest.meta)))?
+            .ok_or_else(missing)
     }
 
     /// The stored snapshot decoded into a map, streamed from its chunks (the encoded image is
@@ -232,7 +239,8 @@ impl SnapshotStore {
         let Some(manifest) = self.manifest()? else {
             return Ok(None);
         };
-        let mut reader = ChunkReader::new(&self.chunks, &manifest);
+        let db = self.open_image(&manifest)?;
+        let mut reader = ChunkReader::new(&db, &manifest);
         let map = KvMap::decode_from(&mut reader)
             .map_err(|e| read_error(format!("snapshot {} is damaged: {e}", manifest.meta)))?;
         reader.finish()?;
@@ -245,15 +253,22 @@ impl SnapshotStore {
         let Some(manifest) = self.manifest()? else {
             return Ok(None);
         };
-        let mut image = Vec::new();
-        // The length comes from disk: if it is absurd the reservation fails and reading finds
-        // the real length (and reports the mismatch).
-        let _ = image.try_reserve_exact(usize::try_from(manifest.len).unwrap_or(0));
-        let mut reader = ChunkReader::new(&self.chunks, &manifest);
-        reader.read_to_end(&mut image).map_err(read_error)?;
-        reader.finish()?;
+        let db = self.open_image(&manifest)?;
+        let image = read_image(&db, &manifest)?;
         Ok(Some((manifest.meta, image)))
     }
+}
+
+/// The whole image `manifest` names, read from `tree` and checked against the manifest.
+fn read_image(tree: &sled::Tree, manifest: &Manifest) -> Result<Vec<u8>, StorageError> {
+    let mut image = Vec::new();
+    // The length comes from disk: if it is absurd the reservation fails and reading finds the
+    // real length (and reports the mismatch).
+    let _ = image.try_reserve_exact(usize::try_from(manifest.len).unwrap_or(0));
+    let mut reader = ChunkReader::new(tree, manifest);
+    reader.read_to_end(&mut image).map_err(read_error)?;
+    reader.finish()?;
+    Ok(image)
 }
 
 /// Reads a snapshot's chunks in order as one stream, checking each one's presence and
