@@ -4,18 +4,23 @@
 //! - `save_vote` is flushed before it returns,
 //! - `truncate(id)` removes `[id.index, ∞)` and `purge(id)` removes `[0, id.index]` after
 //!   persisting the purge marker.
+//!
+//! Entries live in sled trees of 64 consecutive indexes ([`spans`]), so a purge drops whole trees.
+
+mod spans;
 
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use tokio::sync::mpsc;
 
-use super::codec::{self, index_key, key_index};
+use self::spans::Spans;
+use super::codec::{self, key_index};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
-pub(crate) const LOG_TREE: &str = "raft_log";
 pub(crate) const META_TREE: &str = "raft_meta";
 
 const KEY_VOTE: &str = "vote";
@@ -26,7 +31,7 @@ const KEY_LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
-    log: sled::Tree,
+    log: Arc<Spans>,
     meta: sled::Tree,
     flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
 }
@@ -42,7 +47,7 @@ impl LogStore {
             .map_err(sled::Error::Io)?;
         Ok(Self {
             db: db.clone(),
-            log: db.open_tree(LOG_TREE)?,
+            log: Arc::new(Spans::open(db)?),
             meta: db.open_tree(META_TREE)?,
             flusher,
         })
@@ -117,7 +122,7 @@ impl LogStore {
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(write_logs)?;
             self.log
-                .insert(index_key(entry.log_id.index), bytes)
+                .insert(entry.log_id.index, bytes)
                 .map_err(write_logs)?;
         }
         Ok(())
@@ -126,17 +131,6 @@ impl LogStore {
     /// Flushes everything written so far: the second half of `append`.
     pub async fn flush_log(&self) -> Result<(), StorageError> {
         self.flush(ErrorSubject::Logs).await
-    }
-
-    /// Removes every entry whose index lies in `range`, in one sled batch.
-    fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(range) {
-            let (key, _) = item.map_err(write_logs)?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(write_logs)?;
-        Ok(())
     }
 }
 
@@ -190,26 +184,16 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
     Ok(entry)
 }
 
-fn to_key_bounds(range: &impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
-    let map = |b: Bound<&u64>| match b {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    (map(range.start_bound()), map(range.end_bound()))
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let mut entries = Vec::new();
-        for item in self.log.range(to_key_bounds(&range)) {
-            let (key, value) = item.map_err(read_logs)?;
-            entries.push(decode_entry(&key, &value)?);
-        }
-        Ok(entries)
+        let items = self.log.range(&range).map_err(read_logs)?;
+        items
+            .iter()
+            .map(|(key, value)| decode_entry(key, value))
+            .collect()
     }
 }
 
@@ -268,7 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_range(index_key(log_id.index)..)
+        self.log.remove_from(log_id.index).map_err(write_logs)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -276,6 +260,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // leave a log whose start is unknown.
         self.write_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Store)?;
         self.flush(ErrorSubject::Store).await?;
-        self.remove_range(..=index_key(log_id.index))
+        self.log.remove_through(log_id.index).map_err(write_logs)
     }
 }

@@ -1,9 +1,9 @@
 //! Persistence: the Raft log (vote, entries, committed id, purge marker) and snapshots in one
 //! sled database per node, and the in-memory state machine rebuilt from them on start.
 //!
-//! sled layout (all keys of `log` are big-endian u64 log indexes so that sled's byte order is log
-//! order):
-//! - tree `raft_log`: index → bincode `Entry`
+//! sled layout (log keys are big-endian u64 log indexes so that sled's byte order is log order):
+//! - trees `raft_log/<span>`: index → bincode `Entry`, 64 consecutive indexes per tree (see
+//!   `log_store::spans`)
 //! - tree `raft_meta`: `vote`, `committed`, `last_purged`, `format` → bincode values
 //! - tree `snapshot`: `manifest`, naming the latest snapshot, whose image is in a sled database
 //!   of its own under `snapshots/<generation>/` (see `state_machine::snapshot_store`)
@@ -40,9 +40,9 @@ const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Version of the on-disk layout above; bumped when it changes incompatibly.
 ///
-/// 3: snapshot images in sled databases of their own under `snapshots/`. Version 2 kept the
-/// chunks in the main database and version 1 kept the snapshot as one value under
-/// `snapshot`/`current`; such dirs are still opened (their snapshot is converted) and are then
+/// 3: snapshot images in sled databases of their own under `snapshots/`, log entries in trees
+/// of 64 indexes. Version 2 kept the chunks in the main database and version 1 kept the snapshot
+/// as one value under `snapshot`/`current`; both kept the log in one tree `raft_log`. Such dirs are still opened (their snapshot is converted) and are then
 /// marked 3, so that an older binary refuses them with this message instead of finding no
 /// snapshot where it looks, starting from an empty map over a purged log and diverging silently.
 const FORMAT_VERSION: u32 = 3;
