@@ -41,10 +41,11 @@ const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 /// Version of the on-disk layout above; bumped when it changes incompatibly.
 ///
 /// 3: snapshot images in sled databases of their own under `snapshots/`, log entries in trees
-/// of 64 indexes. Version 2 kept the chunks in the main database and version 1 kept the snapshot
-/// as one value under `snapshot`/`current`; both kept the log in one tree `raft_log`. Such dirs are still opened (their snapshot is converted) and are then
-/// marked 3, so that an older binary refuses them with this message instead of finding no
-/// snapshot where it looks, starting from an empty map over a purged log and diverging silently.
+/// of 64 indexes. Version 2 kept the chunks in the main database and version 1 kept the
+/// snapshot as one value under `snapshot`/`current`; both kept the log in one tree `raft_log`.
+/// Such dirs are still opened (log and snapshot are converted) and are then marked 3, so that an
+/// older binary refuses them with this message instead of finding no snapshot where it looks,
+/// starting from an empty map over a purged log and diverging silently.
 const FORMAT_VERSION: u32 = 3;
 /// Layout versions this build opens.
 const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
