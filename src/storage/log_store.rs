@@ -18,7 +18,7 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOEr
 use tokio::sync::mpsc;
 
 use self::spans::Spans;
-use super::codec::{self, key_index};
+use super::codec;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 pub(crate) const META_TREE: &str = "raft_meta";
@@ -59,7 +59,7 @@ impl LogStore {
         self.read_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?;
         self.read_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Store)?;
         if let Some(first) = self.log.first().map_err(read_logs)? {
-            decode_entry(&first.0, &first.1)?;
+            decode_entry(first.0, &first.1)?;
         }
         self.last_log_id()?;
         Ok(())
@@ -104,7 +104,7 @@ impl LogStore {
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
         match self.log.last().map_err(read_logs)? {
             None => Ok(None),
-            Some((key, value)) => Ok(Some(decode_entry(&key, &value)?.log_id)),
+            Some((index, value)) => Ok(Some(decode_entry(index, &value)?.log_id)),
         }
     }
 
@@ -122,7 +122,7 @@ impl LogStore {
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(write_logs)?;
             self.log
-                .insert(entry.log_id.index, bytes)
+                .insert(entry.log_id.index, &bytes)
                 .map_err(write_logs)?;
         }
         Ok(())
@@ -172,11 +172,11 @@ fn write_logs(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(&e).into()
 }
 
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
+fn decode_entry(index: u64, value: &[u8]) -> Result<Entry, StorageError> {
     let entry: Entry = codec::decode(value).map_err(read_logs)?;
-    if key_index(key) != Some(entry.log_id.index) {
+    if index != entry.log_id.index {
         let msg = format!(
-            "log key {key:?} does not match entry index {}",
+            "log key {index} does not match entry index {}",
             entry.log_id.index
         );
         return Err(read_logs(std::io::Error::other(msg)));
@@ -192,7 +192,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let items = self.log.range(&range).map_err(read_logs)?;
         items
             .iter()
-            .map(|(key, value)| decode_entry(key, value))
+            .map(|(index, value)| decode_entry(*index, value))
             .collect()
     }
 }

@@ -6,6 +6,15 @@
 //! the database file by 150 MB, where dropping their trees writes almost nothing). Only the one
 //! span the purge point falls into still has entries removed one by one.
 //!
+//! Each entry is stored in pieces of at most [`PIECE_BYTES`] under `index ++ piece number`, so no
+//! sled page gets large. sled's page cache is split into 256 shards by page id and a shard always
+//! keeps the last page it was told about, whatever its size: with whole grouped entries of
+//! ~140 KB, leaves of up to sixteen of them were larger than a shard's share of the cache, so
+//! every leaf of the log stayed in memory (measured: 280 MB of cache for 280 MB of log, next to a
+//! map of 1,000,000 keys). Pieces keep leaves under 128 KiB, which the cache does evict. Piece 0
+//! starts with the number of pieces, so an entry cut short by a crash (sled recovers a prefix of
+//! its writes) is recognised, and removed on open.
+//!
 //! Layout version 3 and later; the single tree `raft_log` of earlier versions is moved into spans
 //! on open.
 
@@ -15,7 +24,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sled::IVec;
 
-use super::super::codec::{index_key, key_index};
+use super::super::codec::key_index;
 
 /// Entries per tree. Small enough that the span a purge point falls into costs little to trim,
 /// large enough that the trees stay few (a node keeping `--snapshot-every` 10,000 entries plus
@@ -38,6 +47,31 @@ fn last_index(span: u64) -> u64 {
     span * SPAN + (SPAN - 1)
 }
 
+/// Largest piece of an entry stored as one sled value: sixteen of them (a full leaf) stay under a
+/// cache shard's share of sled's 64 MiB cache (256 KiB).
+pub const PIECE_BYTES: usize = 8 * 1024;
+
+/// Bytes at the start of piece 0 holding the number of pieces (u32, big-endian).
+const HEADER_BYTES: usize = 4;
+
+/// Key of piece `piece` of the entry at `index`: big-endian, so sled keeps log order.
+fn piece_key(index: u64, piece: u32) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..8].copy_from_slice(&index.to_be_bytes());
+    key[8..].copy_from_slice(&piece.to_be_bytes());
+    key
+}
+
+fn split_piece_key(key: &[u8]) -> Option<(u64, u32)> {
+    let index = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let piece = u32::from_be_bytes(key.get(8..)?.try_into().ok()?);
+    Some((index, piece))
+}
+
+fn damaged(message: String) -> sled::Error {
+    sled::Error::Io(std::io::Error::other(message))
+}
+
 fn tree_name(span: u64) -> String {
     format!("{PREFIX}{span:016x}")
 }
@@ -47,8 +81,80 @@ fn parse_tree_name(name: &[u8]) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// One stored entry: its key (big-endian index) and encoded value.
-pub type Item = (IVec, IVec);
+/// One stored entry: its index and encoded value.
+pub type Item = (u64, Vec<u8>);
+
+/// Puts pieces read in key order back together into entries.
+#[derive(Default)]
+struct Assembler {
+    /// Index, number of pieces and bytes so far of the entry being assembled.
+    current: Option<(u64, u32, Vec<u8>)>,
+    next_piece: u32,
+}
+
+impl Assembler {
+    /// Adds one piece; returns the entry it completes, if any.
+    fn push(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Item>, sled::Error> {
+        let (index, piece) = split_piece_key(key)
+            .ok_or_else(|| damaged(format!("log key {key:?} is not an entry piece")))?;
+        if piece == 0 {
+            if let Some((open, ..)) = &self.current {
+                return Err(damaged(format!("log entry {open} is missing pieces")));
+            }
+            let count = value
+                .get(..HEADER_BYTES)
+                .and_then(|h| h.try_into().ok())
+                .map(u32::from_be_bytes)
+                .filter(|&count| count > 0)
+                .ok_or_else(|| damaged(format!("log entry {index} has a damaged header")))?;
+            self.current = Some((index, count, value[HEADER_BYTES..].to_vec()));
+            self.next_piece = 1;
+        } else {
+            match &mut self.current {
+                Some((open, _, bytes)) if *open == index && piece == self.next_piece => {
+                    bytes.extend_from_slice(value);
+                    self.next_piece += 1;
+                }
+                _ => {
+                    return Err(damaged(format!(
+                        "log entry {index} has piece {piece} out of place"
+                    )))
+                }
+            }
+        }
+        match &self.current {
+            Some((_, count, _)) if *count == self.next_piece => {
+                Ok(self.current.take().map(|(index, _, bytes)| (index, bytes)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The index of an entry whose pieces ran out before it was whole.
+    fn unfinished(&self) -> Option<u64> {
+        self.current.as_ref().map(|(index, ..)| *index)
+    }
+}
+
+/// The entries held by `pieces` (key, value pairs in key order), all of which must be whole.
+fn assemble(
+    pieces: impl Iterator<Item = Result<(IVec, IVec), sled::Error>>,
+    mut take: impl FnMut(Item) -> bool,
+) -> Result<(), sled::Error> {
+    let mut assembler = Assembler::default();
+    for piece in pieces {
+        let (key, value) = piece?;
+        if let Some(item) = assembler.push(&key, &value)? {
+            if !take(item) {
+                return Ok(());
+            }
+        }
+    }
+    match assembler.unfinished() {
+        Some(index) => Err(damaged(format!("log entry {index} is missing pieces"))),
+        None => Ok(()),
+    }
+}
 
 pub struct Spans {
     db: sled::Db,
@@ -71,6 +177,7 @@ impl Spans {
             trees: RwLock::new(trees),
         };
         spans.convert_legacy_tree()?;
+        spans.remove_torn_tail()?;
         Ok(spans)
     }
 
@@ -105,7 +212,7 @@ impl Spans {
                 let message = format!("old log tree holds a key that is not an index: {key:?}");
                 sled::Error::Io(std::io::Error::other(message))
             })?;
-            self.insert(index, value)?;
+            self.insert(index, &value)?;
         }
         self.db.flush()?;
         drop(legacy);
@@ -114,14 +221,43 @@ impl Spans {
         Ok(())
     }
 
-    /// Stores the encoded entry at `index`, creating its span's tree if needed.
-    pub fn insert(&self, index: u64, value: impl Into<IVec>) -> Result<(), sled::Error> {
+    /// Removes the pieces of a last entry that a crash cut short: its append was never flushed,
+    /// so it was never acknowledged, and openraft sends it again.
+    fn remove_torn_tail(&self) -> Result<(), sled::Error> {
+        let trees = self.read();
+        let Some(tree) = trees.values().rev().find(|tree| !tree.is_empty()) else {
+            return Ok(());
+        };
+        let Some((key, _)) = tree.last()? else {
+            return Ok(());
+        };
+        let (index, _) = split_piece_key(&key)
+            .ok_or_else(|| damaged(format!("log key {key:?} is not an entry piece")))?;
+        let mut whole = false;
+        let pieces = tree.range(piece_key(index, 0)..=piece_key(index, u32::MAX));
+        let result = assemble(pieces, |_| {
+            whole = true;
+            true
+        });
+        if whole && result.is_ok() {
+            return Ok(());
+        }
+        tracing::warn!(
+            index,
+            "removing a log entry cut short by a crash (never acknowledged)"
+        );
+        remove_keys(tree, piece_key(index, 0)..=piece_key(index, u32::MAX))?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    /// Stores the encoded entry at `index` in pieces, creating its span's tree if needed.
+    pub fn insert(&self, index: u64, value: &[u8]) -> Result<(), sled::Error> {
         let span = span_of(index);
         {
             let trees = self.read();
             if let Some(tree) = trees.get(&span) {
-                tree.insert(index_key(index), value)?;
-                return Ok(());
+                return insert_pieces(tree, index, value);
             }
         }
         let mut trees = self.write();
@@ -131,8 +267,7 @@ impl Spans {
                 e.insert(self.db.open_tree(tree_name(span))?)
             }
         };
-        tree.insert(index_key(index), value)?;
-        Ok(())
+        insert_pieces(tree, index, value)
     }
 
     /// Every entry whose index lies in `range`, in index order.
@@ -159,9 +294,11 @@ impl Spans {
         let trees = self.read();
         let mut items = Vec::new();
         for (_, tree) in trees.range(span_of(start)..=span_of(end)) {
-            for item in tree.range(index_key(start)..=index_key(end)) {
-                items.push(item?);
-            }
+            let pieces = tree.range(piece_key(start, 0)..=piece_key(end, u32::MAX));
+            assemble(pieces, |item| {
+                items.push(item);
+                true
+            })?;
         }
         Ok(items)
     }
@@ -169,8 +306,13 @@ impl Spans {
     /// The entry with the lowest index.
     pub fn first(&self) -> Result<Option<Item>, sled::Error> {
         for tree in self.read().values() {
-            if let Some(item) = tree.first()? {
-                return Ok(Some(item));
+            let mut first = None;
+            assemble(tree.iter(), |item| {
+                first = Some(item);
+                false
+            })?;
+            if first.is_some() {
+                return Ok(first);
             }
         }
         Ok(None)
@@ -179,9 +321,18 @@ impl Spans {
     /// The entry with the highest index.
     pub fn last(&self) -> Result<Option<Item>, sled::Error> {
         for tree in self.read().values().rev() {
-            if let Some(item) = tree.last()? {
-                return Ok(Some(item));
-            }
+            let Some((key, _)) = tree.last()? else {
+                continue;
+            };
+            let (index, _) = split_piece_key(&key)
+                .ok_or_else(|| damaged(format!("log key {key:?} is not an entry piece")))?;
+            let mut last = None;
+            let pieces = tree.range(piece_key(index, 0)..=piece_key(index, u32::MAX));
+            assemble(pieces, |item| {
+                last = Some(item);
+                true
+            })?;
+            return Ok(last);
         }
         Ok(None)
     }
@@ -197,7 +348,7 @@ impl Spans {
             .collect();
         self.drop_spans(&mut trees, &whole)?;
         if let Some(tree) = trees.get(&span_of(index)) {
-            remove_keys(tree, ..=index_key(index))?;
+            remove_keys(tree, ..=piece_key(index, u32::MAX))?;
         }
         Ok(())
     }
@@ -212,7 +363,7 @@ impl Spans {
             .collect();
         self.drop_spans(&mut trees, &whole)?;
         if let Some(tree) = trees.get(&span_of(index)) {
-            remove_keys(tree, index_key(index)..)?;
+            remove_keys(tree, piece_key(index, 0)..)?;
         }
         Ok(())
     }
@@ -230,8 +381,25 @@ impl Spans {
     }
 }
 
+/// Writes `value` as the pieces of the entry at `index`.
+fn insert_pieces(tree: &sled::Tree, index: u64, value: &[u8]) -> Result<(), sled::Error> {
+    let count = value.len().div_ceil(PIECE_BYTES).max(1);
+    let count = u32::try_from(count)
+        .map_err(|_| damaged(format!("log entry {index} is too large to store")))?;
+    let mut pieces = value.chunks(PIECE_BYTES);
+    let first = pieces.next().unwrap_or_default();
+    let mut head = Vec::with_capacity(HEADER_BYTES + first.len());
+    head.extend_from_slice(&count.to_be_bytes());
+    head.extend_from_slice(first);
+    tree.insert(piece_key(index, 0), head)?;
+    for (piece, bytes) in (1u32..).zip(pieces) {
+        tree.insert(piece_key(index, piece), bytes)?;
+    }
+    Ok(())
+}
+
 /// Removes the keys of `tree` in `range`, in one sled batch.
-fn remove_keys(tree: &sled::Tree, range: impl RangeBounds<[u8; 8]>) -> Result<(), sled::Error> {
+fn remove_keys(tree: &sled::Tree, range: impl RangeBounds<[u8; 12]>) -> Result<(), sled::Error> {
     let mut batch = sled::Batch::default();
     for key in tree.range(range).keys() {
         batch.remove(key?);
@@ -282,18 +450,13 @@ mod tests {
     }
 
     fn indexes(items: &[Item]) -> Vec<u64> {
-        items
-            .iter()
-            .map(|(key, _)| key_index(key).expect("index key"))
-            .collect()
+        items.iter().map(|(index, _)| *index).collect()
     }
 
     fn filled(db: &sled::Db, count: u64) -> Spans {
         let spans = Spans::open(db).expect("open spans");
         for index in 0..count {
-            spans
-                .insert(index, index.to_be_bytes().to_vec())
-                .expect("insert");
+            spans.insert(index, &index.to_be_bytes()).expect("insert");
         }
         spans
     }
@@ -313,7 +476,7 @@ mod tests {
         );
         assert!(spans.range(&(300..)).unwrap().is_empty());
         let (_, value) = spans.last().unwrap().expect("last");
-        assert_eq!(value.as_ref(), 199u64.to_be_bytes());
+        assert_eq!(value, 199u64.to_be_bytes());
     }
 
     #[test]
@@ -330,8 +493,8 @@ mod tests {
             indexes(&spans.range(&(..)).unwrap()),
             (101..200).collect::<Vec<_>>()
         );
-        let (key, _) = spans.first().unwrap().expect("first");
-        assert_eq!(key_index(&key), Some(101));
+        let (index, _) = spans.first().unwrap().expect("first");
+        assert_eq!(index, 101);
         // Ending exactly on a span boundary leaves no trimmed span behind.
         spans.remove_through(127).unwrap();
         assert_eq!(span_trees(&db), vec![2, 3]);
@@ -343,12 +506,12 @@ mod tests {
         let spans = filled(&db, 200);
         spans.remove_from(130).unwrap();
         assert_eq!(span_trees(&db), vec![0, 1, 2]);
-        let (key, _) = spans.last().unwrap().expect("last");
-        assert_eq!(key_index(&key), Some(129));
+        let (index, _) = spans.last().unwrap().expect("last");
+        assert_eq!(index, 129);
         spans.remove_from(128).unwrap();
         assert_eq!(span_trees(&db), vec![0, 1], "span 2 starts at 128");
         // The log continues where it was cut.
-        spans.insert(128, vec![1]).unwrap();
+        spans.insert(128, &[1]).unwrap();
         assert_eq!(
             indexes(&spans.range(&(120..)).unwrap()),
             (120..=128).collect::<Vec<_>>()
@@ -361,7 +524,7 @@ mod tests {
         let legacy = db.open_tree(LEGACY_TREE).unwrap();
         for index in 5..150u64 {
             legacy
-                .insert(index_key(index), index.to_be_bytes().to_vec())
+                .insert(index.to_be_bytes(), index.to_be_bytes().to_vec())
                 .unwrap();
         }
         drop(legacy);
@@ -375,5 +538,71 @@ mod tests {
             indexes(&spans.range(&(..)).unwrap()),
             (5..150).collect::<Vec<_>>()
         );
+    }
+
+    /// Bytes that differ from position to position, so a piece out of place would show.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    #[test]
+    fn large_entries_are_stored_in_pieces_and_read_back_whole() {
+        let (_dir, db) = temp_db();
+        let spans = Spans::open(&db).unwrap();
+        let sizes = [
+            0,
+            1,
+            PIECE_BYTES - HEADER_BYTES,
+            PIECE_BYTES,
+            PIECE_BYTES + 1,
+            140_000,
+        ];
+        for (index, &len) in (10u64..).zip(&sizes) {
+            spans.insert(index, &pattern(len, index as u8)).unwrap();
+        }
+        let tree = db.open_tree(tree_name(0)).unwrap();
+        assert_eq!(
+            tree.len(),
+            1 + 1 + 1 + 1 + 2 + 140_000usize.div_ceil(PIECE_BYTES)
+        );
+        assert!(tree
+            .iter()
+            .values()
+            .all(|v| v.unwrap().len() <= HEADER_BYTES + PIECE_BYTES));
+        let items = spans.range(&(..)).unwrap();
+        assert_eq!(items.len(), sizes.len());
+        for ((index, value), &len) in items.iter().zip(&sizes) {
+            assert_eq!(value, &pattern(len, *index as u8), "entry {index}");
+        }
+        assert_eq!(spans.first().unwrap().map(|(i, _)| i), Some(10));
+        assert_eq!(spans.last().unwrap(), Some((15, pattern(140_000, 15))));
+    }
+
+    #[test]
+    fn an_entry_cut_short_by_a_crash_is_removed_on_open() {
+        let (_dir, db) = temp_db();
+        let spans = Spans::open(&db).unwrap();
+        spans.insert(1, &pattern(100, 1)).unwrap();
+        spans.insert(2, &pattern(5 * PIECE_BYTES, 2)).unwrap();
+        drop(spans);
+        // What sled recovers when a crash lands between the pieces of entry 2.
+        let tree = db.open_tree(tree_name(0)).unwrap();
+        tree.remove(piece_key(2, 4)).unwrap();
+        tree.remove(piece_key(2, 3)).unwrap();
+        let spans = Spans::open(&db).unwrap();
+        assert_eq!(spans.last().unwrap(), Some((1, pattern(100, 1))));
+        assert_eq!(indexes(&spans.range(&(..)).unwrap()), vec![1]);
+    }
+
+    #[test]
+    fn a_missing_piece_in_the_middle_of_the_log_is_reported() {
+        let (_dir, db) = temp_db();
+        let spans = filled(&db, 3);
+        spans.insert(3, &pattern(3 * PIECE_BYTES, 3)).unwrap();
+        spans.insert(4, &[4]).unwrap();
+        let tree = db.open_tree(tree_name(0)).unwrap();
+        tree.remove(piece_key(3, 1)).unwrap();
+        let error = spans.range(&(..)).unwrap_err().to_string();
+        assert!(error.contains("log entry 3"), "{error}");
     }
 }
