@@ -183,7 +183,7 @@ fn mark_format(db: &sled::Db, path: &Path) -> Result<(), OpenError> {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{open_when_unlocked, raw_db};
+    use super::test_support::{format_of, open_when_unlocked, raw_db};
     use super::*;
 
     fn segment_size_of(data_dir: &Path) -> Option<usize> {
@@ -225,14 +225,8 @@ mod tests {
         db.flush().unwrap();
     }
 
-    fn format_of(dir: &Path) -> u32 {
-        let db = raw_db(dir);
-        let meta = db.open_tree(log_store::META_TREE).unwrap();
-        codec::decode(&meta.get("format").unwrap().unwrap()).unwrap()
-    }
-
     #[tokio::test]
-    async fn a_version_1_data_dir_opens_and_is_then_marked_version_2() {
+    async fn a_version_1_data_dir_opens_and_is_then_marked_version_3() {
         let dir = tempfile::tempdir().unwrap();
         record_format(dir.path(), 1).await;
         drop(open_when_unlocked(dir.path()).await.unwrap());

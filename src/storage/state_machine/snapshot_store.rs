@@ -82,6 +82,23 @@ pub(super) fn chunk_key(generation: u64, index: u64) -> [u8; 16] {
     key
 }
 
+/// The manifest naming `chunks`, in order, as the image of `generation`, encoded as `commit`
+/// stores it: tests build data dirs of layout 2 (same manifest, chunks in the main database)
+/// with it, since the manifest's type is private to this module.
+#[cfg(test)]
+pub(super) fn encoded_manifest(meta: &SnapshotMeta, generation: u64, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut checksum = Checksum::default();
+    chunks.iter().for_each(|chunk| checksum.update(chunk));
+    let manifest = Manifest {
+        meta: meta.clone(),
+        generation,
+        chunks: chunks.len() as u64,
+        len: chunks.iter().map(|chunk| chunk.len() as u64).sum(),
+        checksum: checksum.value(),
+    };
+    codec::encode(&manifest).expect("encode a manifest")
+}
+
 impl SnapshotStore {
     /// Opens the manifest tree of `db` and the image directory `images`, converts a snapshot
     /// left by an older layout and deletes images no manifest names.

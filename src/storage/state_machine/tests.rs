@@ -1,5 +1,6 @@
-//! Snapshots on real sled directories: chunked storage, restart, conversion of the old one-value
-//! form, crash leftovers and damage.
+//! Snapshots on real sled directories: chunked storage in an image database per snapshot,
+//! restart, conversion of layout 1 (one value) and layout 2 (chunks in the main database), crash
+//! leftovers and damage.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -7,10 +8,12 @@ use std::path::Path;
 use openraft::{CommittedLeaderId, Membership};
 use serde::Serialize;
 
-use super::snapshot_store::chunk_key;
+use super::snapshot_store::{chunk_key, encoded_manifest};
 use super::*;
-use crate::storage::test_support::{open_when_unlocked, raw_db};
-use crate::storage::{codec, OpenError};
+use crate::storage::test_support::{
+    format_of, image_path, open_when_unlocked, raw_db, raw_image_db,
+};
+use crate::storage::{codec, log_store, OpenError, FORMAT_VERSION, SNAPSHOT_DIR};
 use crate::types::{Command, Proposal, PutOp};
 
 const VALUE_BYTES: usize = 256;
@@ -67,20 +70,66 @@ fn open_error(dir: &Path) -> String {
     }
 }
 
-fn chunk_keys(dir: &Path) -> Vec<(u64, u64)> {
-    let db = raw_db(dir);
-    let tree = db.open_tree("snapshot_chunks").expect("chunk tree");
-    tree.iter()
-        .keys()
-        .map(|key| {
-            let key = key.expect("read chunk key");
+/// The generations of the image databases in the data dir, in order.
+fn image_generations(dir: &Path) -> Vec<u64> {
+    let root = dir.join(SNAPSHOT_DIR);
+    if !root.exists() {
+        return Vec::new();
+    }
+    let mut generations: Vec<u64> = std::fs::read_dir(root)
+        .expect("list the image databases")
+        .map(|entry| {
+            let name = entry.expect("image directory entry").file_name();
+            let name = name.to_string_lossy();
+            name.parse()
+                .unwrap_or_else(|_| panic!("unexpected entry {name:?} among the images"))
+        })
+        .collect();
+    generations.sort_unstable();
+    generations
+}
+
+/// The chunks in the image database of `generation`, in key order, with their keys decoded.
+fn stored_chunks(dir: &Path, generation: u64) -> Vec<((u64, u64), sled::IVec)> {
+    let db = raw_image_db(dir, generation);
+    db.iter()
+        .map(|item| {
+            let (key, chunk) = item.expect("read a chunk");
             let (generation, index) = key.split_at(8);
-            (
+            let key = (
                 u64::from_be_bytes(generation.try_into().expect("8 bytes")),
                 u64::from_be_bytes(index.try_into().expect("8 bytes")),
-            )
+            );
+            (key, chunk)
         })
         .collect()
+}
+
+/// Checks that the data dir holds exactly one image database, of `generation`, and that it
+/// holds `image` in [`CHUNK_BYTES`] chunks under that generation's keys and nothing else.
+fn assert_only_image(dir: &Path, generation: u64, image: &[u8]) {
+    assert_eq!(image_generations(dir), [generation], "image databases");
+    let stored = stored_chunks(dir, generation);
+    let keys: Vec<_> = stored.iter().map(|(key, _)| *key).collect();
+    let expected: Vec<_> = (0..chunks_for(image.len()))
+        .map(|index| (generation, index))
+        .collect();
+    assert_eq!(keys, expected, "chunk keys");
+    for ((_, chunk), (index, part)) in stored.iter().zip(image.chunks(CHUNK_BYTES).enumerate()) {
+        assert!(
+            chunk.as_ref() == part,
+            "chunk {index} holds {} bytes that are not the image's {} bytes there",
+            chunk.len(),
+            part.len()
+        );
+    }
+}
+
+fn main_db_has_tree(dir: &Path, name: &str) -> bool {
+    raw_db(dir)
+        .tree_names()
+        .iter()
+        .any(|tree| tree.as_ref() == name.as_bytes())
 }
 
 async fn build(sm: &mut StateMachineStore) -> Snapshot<TypeConfig> {
@@ -96,10 +145,10 @@ fn chunks_for(len: usize) -> u64 {
 }
 
 #[test]
-fn a_snapshot_is_stored_in_chunks_and_reloaded_on_open() {
+fn a_snapshot_is_stored_in_chunks_of_its_own_database_and_reloaded_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let built = session(dir.path(), async |mut sm| {
-        fill(&mut sm, 2_000).await;
+        fill(&mut sm, 6_000).await;
         let built = build(&mut sm).await;
         let current = sm
             .get_current_snapshot()
@@ -111,21 +160,27 @@ fn a_snapshot_is_stored_in_chunks_and_reloaded_on_open() {
         built
     });
     let image = built.snapshot.into_inner();
+    // sled keeps nine chunks to a leaf (see `image_db`): the image fills several leaves, so the
+    // empty inserts that build the leaves and the fills that follow both cross leaf boundaries.
     assert!(
-        image.len() > 8 * CHUNK_BYTES,
-        "the test spans several chunks"
+        image.len() > 20 * CHUNK_BYTES,
+        "the test spans several leaves of chunks ({} bytes)",
+        image.len()
     );
-    let expected: Vec<_> = (0..chunks_for(image.len())).map(|i| (1, i)).collect();
-    assert_eq!(chunk_keys(dir.path()), expected);
+    assert_only_image(dir.path(), 1, &image);
+    assert!(
+        !main_db_has_tree(dir.path(), "snapshot_chunks"),
+        "no chunks in the main database"
+    );
 
     session(dir.path(), async |mut sm| {
         let (applied, membership) = sm.applied_state().await.unwrap();
-        assert_eq!(applied, Some(log_id(2_001)));
+        assert_eq!(applied, Some(log_id(6_001)));
         assert_eq!(membership, built.meta.last_membership);
         let reader = sm.reader();
-        assert_eq!(reader.stats(), (2_000, 2_000 * VALUE_BYTES as u64));
-        let (value, _) = reader.get("key-01999");
-        assert_eq!(value.expect("key-01999").revision, 2_001);
+        assert_eq!(reader.stats(), (6_000, 6_000 * VALUE_BYTES as u64));
+        let (value, _) = reader.get("key-05999");
+        assert_eq!(value.expect("key-05999").revision, 6_001);
         let current = sm
             .get_current_snapshot()
             .await
@@ -134,19 +189,21 @@ fn a_snapshot_is_stored_in_chunks_and_reloaded_on_open() {
         assert_eq!(current.meta, built.meta);
         assert_eq!(current.snapshot.into_inner(), image);
     });
+    assert_only_image(dir.path(), 1, &image);
 }
 
 #[test]
-fn a_new_snapshot_replaces_the_chunks_of_the_previous_one() {
+fn a_new_snapshot_replaces_the_image_database_of_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
-    let len = session(dir.path(), async |mut sm| {
+    let (first, second) = session(dir.path(), async |mut sm| {
         fill(&mut sm, 1_000).await;
-        build(&mut sm).await;
+        let first = build(&mut sm).await.snapshot.into_inner();
         sm.apply([put_entry(5_000, "zz")]).await.unwrap();
-        build(&mut sm).await.snapshot.into_inner().len()
+        let second = build(&mut sm).await.snapshot.into_inner();
+        (first, second)
     });
-    let expected: Vec<_> = (0..chunks_for(len)).map(|i| (2, i)).collect();
-    assert_eq!(chunk_keys(dir.path()), expected);
+    assert!(first != second, "the second snapshot has another image");
+    assert_only_image(dir.path(), 2, &second);
 }
 
 #[test]
@@ -257,8 +314,8 @@ fn old_snapshot() -> StoredSnapshot {
     }
 }
 
-/// A data dir as the previous version leaves it: created by `storage::open` (so sled's
-/// configuration is the current one), then the one-value snapshot written with sled directly.
+/// A data dir as layout 1 left it: created by `storage::open` (so sled's configuration is the
+/// current one), then the one-value snapshot written with sled directly.
 fn write_old_form(dir: &Path, value: &[u8]) {
     session(dir, async |_| ());
     let db = raw_db(dir);
@@ -290,12 +347,16 @@ fn a_snapshot_in_the_old_one_value_form_loads_and_is_converted() {
             assert_eq!(current.snapshot.get_ref(), &old.data, "same image bytes");
         });
     }
+    // Converted once, by the first open: the second found nothing to convert.
+    assert_only_image(dir.path(), 1, &old.data);
     let db = raw_db(dir.path());
     let tree = db.open_tree("snapshot").unwrap();
     assert!(
         tree.get("current").unwrap().is_none(),
         "the old value is gone"
     );
+    drop((tree, db));
+    assert_eq!(format_of(dir.path()), FORMAT_VERSION);
 }
 
 #[test]
@@ -309,43 +370,81 @@ fn a_damaged_old_form_snapshot_is_reported_at_open() {
     );
 }
 
-/// Builds a snapshot of 1,000 keys in a fresh data dir and returns its length.
-fn dir_with_snapshot(dir: &Path) -> usize {
-    session(dir, async |mut sm| {
+/// Builds a snapshot of 1,000 keys in a fresh data dir and returns its image.
+fn dir_with_snapshot(dir: &Path) -> Vec<u8> {
+    let image = session(dir, async |mut sm| {
         fill(&mut sm, 1_000).await;
-        build(&mut sm).await.snapshot.into_inner().len()
-    })
+        build(&mut sm).await.snapshot.into_inner()
+    });
+    assert!(
+        chunks_for(image.len()) >= 3,
+        "the damage tests need three chunks"
+    );
+    image
+}
+
+/// Opens (creating it if need be) the image database of `generation` with sled directly, as a
+/// write of that generation would have left it.
+fn create_image_db(dir: &Path, generation: u64) -> sled::Db {
+    std::fs::create_dir_all(image_path(dir, generation)).unwrap();
+    raw_image_db(dir, generation)
 }
 
 #[test]
-fn chunks_left_by_an_interrupted_write_are_ignored_and_removed() {
+fn leftovers_of_an_interrupted_write_are_ignored_and_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
-    let len = dir_with_snapshot(dir.path());
+    let image = dir_with_snapshot(dir.path());
     {
-        // A crash while writing generation 2: some chunks, no manifest yet.
-        let db = raw_db(dir.path());
-        let tree = db.open_tree("snapshot_chunks").unwrap();
+        // A crash while writing generation 2: some chunks, no manifest naming them yet.
+        let db = create_image_db(dir.path(), 2);
         for index in 0..3u64 {
-            tree.insert(chunk_key(2, index), vec![0xee; CHUNK_BYTES])
+            db.insert(chunk_key(2, index), vec![0xee; CHUNK_BYTES])
                 .unwrap();
         }
         db.flush().unwrap();
     }
+    assert_eq!(image_generations(dir.path()), [1, 2]);
     session(dir.path(), async |mut sm| {
         assert_eq!(sm.reader().stats().0, 1_000);
-        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(current.snapshot.into_inner(), image);
     });
-    let expected: Vec<_> = (0..chunks_for(len)).map(|i| (1, i)).collect();
-    assert_eq!(chunk_keys(dir.path()), expected);
+    assert_only_image(dir.path(), 1, &image);
+}
+
+/// A save that failed part way (a full disk, say) leaves the database of the generation the
+/// next save writes too; none of its chunks may end up in the new image.
+#[test]
+fn leftovers_of_a_failed_write_do_not_mix_with_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let second = session(dir.path(), async |mut sm| {
+        fill(&mut sm, 1_000).await;
+        build(&mut sm).await;
+        {
+            let db = create_image_db(dir.path(), 2);
+            // One chunk inside the next image's range and one past its end.
+            for index in [1, 1_000] {
+                db.insert(chunk_key(2, index), vec![0xee; CHUNK_BYTES])
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        sm.apply([put_entry(5_000, "zz")]).await.unwrap();
+        build(&mut sm).await.snapshot.into_inner()
+    });
+    assert_only_image(dir.path(), 2, &second);
 }
 
 fn damage_chunk(dir: &Path, index: u64, content: Option<Vec<u8>>) {
-    let db = raw_db(dir);
-    let tree = db.open_tree("snapshot_chunks").unwrap();
+    let db = raw_image_db(dir, 1);
     let key = chunk_key(1, index);
     match content {
-        Some(bytes) => tree.insert(key, bytes).unwrap(),
-        None => tree.remove(key).unwrap(),
+        Some(bytes) => db.insert(key, bytes).unwrap(),
+        None => db.remove(key).unwrap(),
     };
     db.flush().unwrap();
 }
@@ -365,14 +464,9 @@ fn a_chunk_with_changed_bytes_is_reported_at_open() {
     let dir = tempfile::tempdir().unwrap();
     dir_with_snapshot(dir.path());
     // Same length, different bytes: inside values, so only the checksum can notice.
-    let db = raw_db(dir.path());
-    let tree = db.open_tree("snapshot_chunks").unwrap();
-    let mut chunk = tree
-        .get(chunk_key(1, 1))
-        .unwrap()
-        .expect("chunk 1")
-        .to_vec();
-    drop((tree, db));
+    let db = raw_image_db(dir.path(), 1);
+    let mut chunk = db.get(chunk_key(1, 1)).unwrap().expect("chunk 1").to_vec();
+    drop(db);
     chunk[CHUNK_BYTES / 2] ^= 0x01;
     damage_chunk(dir.path(), 1, Some(chunk));
     let error = open_error(dir.path());
@@ -400,4 +494,213 @@ fn a_damaged_manifest_is_reported_at_open() {
     }
     let error = open_error(dir.path());
     assert!(error.contains("snapshot manifest is damaged"), "{error}");
+}
+
+#[test]
+fn a_manifest_whose_image_database_is_missing_is_reported_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    dir_with_snapshot(dir.path());
+    std::fs::remove_dir_all(image_path(dir.path(), 1)).unwrap();
+    let error = open_error(dir.path());
+    assert!(
+        error.contains("its image database (generation 1) is missing"),
+        "{error}"
+    );
+    assert!(
+        image_generations(dir.path()).is_empty(),
+        "no empty database was made in its place"
+    );
+}
+
+/// Size of the chunks layout 2 wrote.
+const LAYOUT_2_CHUNK_BYTES: usize = 8 * 1024;
+
+/// Rewrites a data dir as layout 2 left it, with sled directly: `image` in
+/// [`LAYOUT_2_CHUNK_BYTES`] chunks under `generation` in the main database's tree
+/// `snapshot_chunks`, named by a manifest under `snapshot`/`manifest`, no image databases, and
+/// layout version 2 recorded.
+fn write_layout_2(dir: &Path, meta: &SnapshotMeta, image: &[u8], generation: u64) {
+    let images = dir.join(SNAPSHOT_DIR);
+    if images.exists() {
+        std::fs::remove_dir_all(images).unwrap();
+    }
+    let db = raw_db(dir);
+    let chunks: Vec<&[u8]> = image.chunks(LAYOUT_2_CHUNK_BYTES).collect();
+    let tree = db.open_tree("snapshot_chunks").unwrap();
+    for (index, chunk) in (0u64..).zip(&chunks) {
+        tree.insert(chunk_key(generation, index), *chunk).unwrap();
+    }
+    let manifest = encoded_manifest(meta, generation, &chunks);
+    db.open_tree("snapshot")
+        .unwrap()
+        .insert("manifest", manifest)
+        .unwrap();
+    db.open_tree(log_store::META_TREE)
+        .unwrap()
+        .insert("format", codec::encode(&2u32).unwrap())
+        .unwrap();
+    db.flush().unwrap();
+}
+
+/// Builds a snapshot of `count` keys with the current code and rewrites the data dir as layout
+/// 2 with it under `generation`; returns the snapshot's meta and image.
+fn layout_2_dir(dir: &Path, count: u64, generation: u64) -> (SnapshotMeta, Vec<u8>) {
+    let built = session(dir, async |mut sm| {
+        fill(&mut sm, count).await;
+        build(&mut sm).await
+    });
+    let image = built.snapshot.into_inner();
+    write_layout_2(dir, &built.meta, &image, generation);
+    assert!(image_generations(dir).is_empty());
+    assert!(main_db_has_tree(dir, "snapshot_chunks"));
+    assert_eq!(format_of(dir), 2);
+    (built.meta, image)
+}
+
+#[test]
+fn a_layout_2_snapshot_is_moved_to_a_database_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, image) = layout_2_dir(dir.path(), 2_000, 5);
+    assert!(
+        image.len() > 2 * CHUNK_BYTES,
+        "several chunks in either layout"
+    );
+
+    for _restart in 0..2 {
+        session(dir.path(), async |mut sm| {
+            // The log is empty: everything comes from the converted snapshot.
+            assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2_001)));
+            let reader = sm.reader();
+            assert_eq!(reader.stats(), (2_000, 2_000 * VALUE_BYTES as u64));
+            let (value, _) = reader.get("key-01234");
+            assert_eq!(value.expect("key-01234").revision, 1_236);
+            let current = sm
+                .get_current_snapshot()
+                .await
+                .unwrap()
+                .expect("a snapshot");
+            assert_eq!(current.meta, meta);
+            assert_eq!(current.snapshot.into_inner(), image, "same image bytes");
+        });
+        // Under the generation after the layout-2 one, written by the first open only.
+        assert_only_image(dir.path(), 6, &image);
+        assert!(
+            !main_db_has_tree(dir.path(), "snapshot_chunks"),
+            "the layout-2 chunks are dropped"
+        );
+        assert_eq!(format_of(dir.path()), FORMAT_VERSION);
+    }
+}
+
+#[test]
+fn a_layout_2_data_dir_without_a_snapshot_opens_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    session(dir.path(), async |_| ());
+    {
+        // What layout 2 left before its first snapshot: an empty chunk tree.
+        let db = raw_db(dir.path());
+        db.open_tree("snapshot_chunks").unwrap();
+        db.open_tree(log_store::META_TREE)
+            .unwrap()
+            .insert("format", codec::encode(&2u32).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(main_db_has_tree(dir.path(), "snapshot_chunks"));
+    session(dir.path(), async |mut sm| {
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+    });
+    assert!(!main_db_has_tree(dir.path(), "snapshot_chunks"));
+    assert!(image_generations(dir.path()).is_empty());
+    assert_eq!(format_of(dir.path()), FORMAT_VERSION);
+}
+
+/// A crash while the image was copied out: the manifest still names the layout-2 chunks, and a
+/// partial database of the next generation lies beside them. The copy starts over.
+#[test]
+fn a_layout_2_conversion_cut_short_before_its_manifest_is_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, image) = layout_2_dir(dir.path(), 1_000, 5);
+    {
+        let db = create_image_db(dir.path(), 6);
+        for index in 0..2u64 {
+            db.insert(chunk_key(6, index), vec![0xee; CHUNK_BYTES])
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    session(dir.path(), async |mut sm| {
+        assert_eq!(sm.reader().stats().0, 1_000);
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(current.meta, meta);
+        assert_eq!(current.snapshot.into_inner(), image);
+    });
+    assert_only_image(dir.path(), 6, &image);
+    assert!(!main_db_has_tree(dir.path(), "snapshot_chunks"));
+}
+
+/// A crash after the copied image's manifest landed but before the chunk tree was dropped: the
+/// manifest names an image database that exists, so the stale chunks are only dropped, not
+/// read (here they are garbage, which reading would report as damage).
+#[test]
+fn a_layout_2_conversion_cut_short_before_the_drop_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir_with_snapshot(dir.path());
+    {
+        let db = raw_db(dir.path());
+        let tree = db.open_tree("snapshot_chunks").unwrap();
+        for index in 0..3u64 {
+            tree.insert(chunk_key(1, index), vec![0xee; LAYOUT_2_CHUNK_BYTES])
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    session(dir.path(), async |mut sm| {
+        assert_eq!(sm.reader().stats().0, 1_000);
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(current.snapshot.into_inner(), image);
+    });
+    assert_only_image(dir.path(), 1, &image);
+    assert!(!main_db_has_tree(dir.path(), "snapshot_chunks"));
+}
+
+/// A layout-2 snapshot that cannot be read is reported, and its chunks stay where they are with
+/// the dir still marked layout 2: they are the only copy, for the operator to recover from.
+#[test]
+fn a_damaged_layout_2_snapshot_is_reported_at_open_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, image) = layout_2_dir(dir.path(), 1_000, 5);
+    let stored = image.len().div_ceil(LAYOUT_2_CHUNK_BYTES);
+    assert!(stored > 3);
+    {
+        let db = raw_db(dir.path());
+        db.open_tree("snapshot_chunks")
+            .unwrap()
+            .remove(chunk_key(5, 3))
+            .unwrap()
+            .expect("chunk 3 was stored");
+        db.flush().unwrap();
+    }
+    let error = open_error(dir.path());
+    assert!(error.contains("snapshot chunk 3 of"), "{error}");
+    assert!(error.contains("(generation 5) is missing"), "{error}");
+
+    let db = raw_db(dir.path());
+    assert_eq!(
+        db.open_tree("snapshot_chunks").unwrap().len(),
+        stored - 1,
+        "the remaining layout-2 chunks are kept"
+    );
+    drop(db);
+    assert!(image_generations(dir.path()).is_empty());
+    assert_eq!(format_of(dir.path()), 2);
 }
