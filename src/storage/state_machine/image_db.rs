@@ -27,6 +27,9 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// last handle is dropped, so an image written a moment ago may briefly refuse to open.
 const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
+/// The file in which sled keeps a database's data.
+const SLED_DATA_FILE: &str = "db";
+
 /// The directory holding one database per stored image.
 pub struct ImageDir {
     root: PathBuf,
@@ -47,14 +50,22 @@ impl ImageDir {
     }
 
     /// Creates the database of `generation` and stores `chunks` in it under `key(index)`,
-    /// flushed to disk, with the directory entry synced, before it returns.
+    /// flushed to disk, with the directory entries synced, before it returns. sled syncs its
+    /// files but never a directory, and the manifest naming this image is written next, after
+    /// which the previous image is deleted and the log purged: a power loss must not find the
+    /// manifest without the image.
     pub fn write<'a>(
         &self,
         generation: u64,
         chunks: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
         key: impl Fn(u64) -> [u8; 16],
     ) -> Result<(), sled::Error> {
-        std::fs::create_dir_all(&self.root)?;
+        if !self.root.is_dir() {
+            std::fs::create_dir_all(&self.root)?;
+            if let Some(parent) = self.root.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let path = self.path(generation);
         if path.exists() {
             // Left by a write cut short; nothing names it.
@@ -70,15 +81,21 @@ impl ImageDir {
         }
         db.flush()?;
         drop(db);
+        sync_dir(&path)?;
+        let blobs = path.join("blobs");
+        if blobs.is_dir() {
+            sync_dir(&blobs)?;
+        }
         sync_dir(&self.root)?;
         Ok(())
     }
 
     /// Opens the database of `generation`, waiting out the lock of one just closed. `None` when
-    /// there is no such database.
+    /// there is no such database, or its directory lost its data file: sled would quietly
+    /// create an empty one.
     pub fn open(&self, generation: u64) -> Result<Option<sled::Db>, sled::Error> {
         let path = self.path(generation);
-        if !path.is_dir() {
+        if !path.join(SLED_DATA_FILE).is_file() {
             return Ok(None);
         }
         let start = Instant::now();
