@@ -119,13 +119,17 @@ impl LogStore {
         &self,
         entries: impl IntoIterator<Item = Entry>,
     ) -> Result<(), StorageError> {
-        for entry in entries {
-            let bytes = codec::encode(&entry).map_err(write_logs)?;
-            self.log
-                .insert(entry.log_id.index, &bytes)
-                .map_err(write_logs)?;
-        }
-        Ok(())
+        let encoded = entries
+            .into_iter()
+            .map(|entry| {
+                Ok((
+                    entry.log_id.index,
+                    codec::encode(&entry).map_err(write_logs)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let borrowed: Vec<(u64, &[u8])> = encoded.iter().map(|(i, v)| (*i, v.as_slice())).collect();
+        self.log.insert_all(&borrowed).map_err(write_logs)
     }
 
     /// Flushes everything written so far: the second half of `append`.
