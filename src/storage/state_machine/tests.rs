@@ -132,6 +132,14 @@ fn main_db_has_tree(dir: &Path, name: &str) -> bool {
         .any(|tree| tree.as_ref() == name.as_bytes())
 }
 
+/// The snapshot the store serves to followers; the test expects one.
+async fn current_snapshot(sm: &mut StateMachineStore) -> Snapshot<TypeConfig> {
+    sm.get_current_snapshot()
+        .await
+        .expect("read the current snapshot")
+        .expect("a snapshot")
+}
+
 async fn build(sm: &mut StateMachineStore) -> Snapshot<TypeConfig> {
     sm.get_snapshot_builder()
         .await
@@ -150,11 +158,7 @@ fn a_snapshot_is_stored_in_chunks_of_its_own_database_and_reloaded_on_open() {
     let built = session(dir.path(), async |mut sm| {
         fill(&mut sm, 6_000).await;
         let built = build(&mut sm).await;
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = current_snapshot(&mut sm).await;
         assert_eq!(current.meta, built.meta);
         assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
         built
@@ -181,11 +185,7 @@ fn a_snapshot_is_stored_in_chunks_of_its_own_database_and_reloaded_on_open() {
         assert_eq!(reader.stats(), (6_000, 6_000 * VALUE_BYTES as u64));
         let (value, _) = reader.get("key-05999");
         assert_eq!(value.expect("key-05999").revision, 6_001);
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = current_snapshot(&mut sm).await;
         assert_eq!(current.meta, built.meta);
         assert_eq!(current.snapshot.into_inner(), image);
     });
@@ -223,11 +223,7 @@ fn an_installed_snapshot_is_stored_and_survives_restart() {
     });
     session(follower.path(), async |mut sm| {
         assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(501)));
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = current_snapshot(&mut sm).await;
         assert_eq!(current.meta, built.meta);
         assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
     });
@@ -244,11 +240,7 @@ fn a_damaged_image_is_not_installed() {
         let garbage = Box::new(Cursor::new(vec![1, 2, 3]));
         assert!(sm.install_snapshot(&newer, garbage).await.is_err());
         assert_eq!(sm.reader().stats().0, 10);
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = current_snapshot(&mut sm).await;
         assert_eq!(current.meta, meta, "the stored snapshot is unchanged");
     });
 }
@@ -267,11 +259,7 @@ fn an_older_snapshot_never_replaces_a_newer_one() {
             .await
             .expect("the stale build still succeeds");
         assert!(stale.meta.last_log_id < newer.meta.last_log_id);
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = current_snapshot(&mut sm).await;
         assert_eq!(current.meta, newer.meta);
     });
 }
@@ -338,11 +326,7 @@ fn a_snapshot_in_the_old_one_value_form_loads_and_is_converted() {
             let (value, _) = reader.get("old-0007");
             assert_eq!(value.expect("old-0007").revision, 9);
             assert!(reader.has_expired(50_000));
-            let current = sm
-                .get_current_snapshot()
-                .await
-                .unwrap()
-                .expect("a snapshot");
+            let current = current_snapshot(&mut sm).await;
             assert_eq!(current.meta, old.meta);
             assert_eq!(current.snapshot.get_ref(), &old.data, "same image bytes");
         });
@@ -406,11 +390,7 @@ fn leftovers_of_an_interrupted_write_are_ignored_and_removed_on_open() {
     assert_eq!(image_generations(dir.path()), [1, 2]);
     session(dir.path(), async |mut sm| {
         assert_eq!(sm.reader().stats().0, 1_000);
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = current_snapshot(&mut sm).await;
         assert_eq!(current.snapshot.into_inner(), image);
     });
     assert_only_image(dir.path(), 1, &image);
@@ -574,11 +554,7 @@ fn a_layout_2_snapshot_is_moved_to_a_database_of_its_own() {
             assert_eq!(reader.stats(), (2_000, 2_000 * VALUE_BYTES as u64));
             let (value, _) = reader.get("key-01234");
             assert_eq!(value.expect("key-01234").revision, 1_236);
-            let current = sm
-                .get_current_snapshot()
-                .await
-                .unwrap()
-                .expect("a snapshot");
+            let current = current_snapshot(&mut sm).await;
             assert_eq!(current.meta, meta);
             assert_eq!(current.snapshot.into_inner(), image, "same image bytes");
         });
@@ -632,11 +608,7 @@ fn a_layout_2_conversion_cut_short_before_its_manifest_is_redone() {
     }
     session(dir.path(), async |mut sm| {
         assert_eq!(sm.reader().stats().0, 1_000);
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = current_snapshot(&mut sm).await;
         assert_eq!(current.meta, meta);
         assert_eq!(current.snapshot.into_inner(), image);
     });
@@ -662,11 +634,7 @@ fn a_layout_2_conversion_cut_short_before_the_drop_finishes() {
     }
     session(dir.path(), async |mut sm| {
         assert_eq!(sm.reader().stats().0, 1_000);
-        let current = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let current = current_snapshot(&mut sm).await;
         assert_eq!(current.snapshot.into_inner(), image);
     });
     assert_only_image(dir.path(), 1, &image);
