@@ -128,8 +128,7 @@ impl LogStore {
                 ))
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
-        let borrowed: Vec<(u64, &[u8])> = encoded.iter().map(|(i, v)| (*i, v.as_slice())).collect();
-        self.log.insert_all(&borrowed).map_err(write_logs)
+        self.log.insert_all(&encoded).map_err(write_logs)
     }
 
     /// Flushes everything written so far: the second half of `append`.

@@ -1,9 +1,10 @@
 //! Persistence: the Raft log (vote, entries, committed id, purge marker) and snapshots in one
 //! sled database per node, and the in-memory state machine rebuilt from them on start.
 //!
-//! sled layout (log keys are big-endian u64 log indexes so that sled's byte order is log order):
-//! - trees `raft_log/<span>`: index → bincode `Entry`, 64 consecutive indexes per tree (see
-//!   `log_store::spans`)
+//! sled layout:
+//! - trees `raft_log/<span>`: bincode `Entry` in pieces of at most 8 KiB under big-endian
+//!   `index ++ piece number` (so sled's byte order is log order), 64 consecutive indexes per tree
+//!   (see `log_store::spans`)
 //! - tree `raft_meta`: `vote`, `committed`, `last_purged`, `format` → bincode values
 //! - tree `snapshot`: `manifest`, naming the latest snapshot, whose image is in a sled database
 //!   of its own under `snapshots/<generation>/` (see `state_machine::snapshot_store`)
