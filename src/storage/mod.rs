@@ -21,6 +21,7 @@ pub mod state_machine;
 mod test_support;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub use kv_map::ScanPage;
 pub use log_store::LogStore;
@@ -126,20 +127,42 @@ fn recorded_segment_size(conf: &str) -> Option<usize> {
         .find_map(|line| line.strip_prefix("segment_size:")?.trim().parse().ok())
 }
 
+/// sled releases a database's file lock from background threads shortly after the last handle
+/// is dropped, so reopening it in the same process may briefly find it locked.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether sled refused to open a database because a handle still holds its file lock.
+fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
+}
+
+/// Opens a database, retrying for up to [`LOCK_RELEASE_WAIT`] while it is still locked by
+/// handles of this process that were just dropped (an image written a moment ago, a test
+/// reopening a data dir).
+pub(crate) fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let start = Instant::now();
+    loop {
+        match config.open() {
+            Err(e) if is_lock_error(&e) && start.elapsed() < LOCK_RELEASE_WAIT => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn classify_open_error(path: &Path, source: sled::Error) -> OpenError {
-    match &source {
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => OpenError::Locked {
+    if is_lock_error(&source) {
+        OpenError::Locked {
             path: path.to_path_buf(),
             source,
-        },
-        sled::Error::Io(io) if io.to_string().contains("lock") => OpenError::Locked {
-            path: path.to_path_buf(),
-            source,
-        },
-        _ => OpenError::Damaged {
+        }
+    } else {
+        OpenError::Damaged {
             path: path.to_path_buf(),
             reason: source.to_string(),
-        },
+        }
     }
 }
 

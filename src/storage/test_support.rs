@@ -3,11 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{open, LogStore, OpenError, StateMachineStore};
-
-/// sled releases its file lock from background threads shortly after the last handle is
-/// dropped, so reopening a directory in the same process may briefly find it locked.
-pub const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(10);
+use super::{
+    open, open_waiting_for_lock, LogStore, OpenError, StateMachineStore, LOCK_RELEASE_WAIT,
+};
 
 /// `storage::open`, retried while the previous handles are still letting go of the lock.
 pub async fn open_when_unlocked(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
@@ -55,15 +53,5 @@ fn open_directly(path: &Path) -> sled::Db {
     let config = sled::Config::new()
         .segment_size(super::segment_size(path))
         .path(path);
-    let start = Instant::now();
-    loop {
-        match config.open() {
-            Ok(db) => return db,
-            Err(sled::Error::Io(e)) if start.elapsed() < LOCK_RELEASE_WAIT => {
-                assert!(e.to_string().contains("lock"), "open sled directly: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("open sled directly: {e}"),
-        }
-    }
+    open_waiting_for_lock(&config).unwrap_or_else(|e| panic!("open sled directly: {e}"))
 }

@@ -17,15 +17,10 @@
 //! so each chunk is written once.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// Bytes of the image per sled value. Nine of them make a leaf (see the module docs), which
 /// stays under sled's blob threshold of a quarter segment so leaves live in its segments.
 pub const CHUNK_BYTES: usize = 64 * 1024;
-
-/// sled lets go of a closed database's file lock from its background threads, shortly after the
-/// last handle is dropped, so an image written a moment ago may briefly refuse to open.
-const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// The file in which sled keeps a database's data.
 const SLED_DATA_FILE: &str = "db";
@@ -98,18 +93,8 @@ impl ImageDir {
         if !path.join(SLED_DATA_FILE).is_file() {
             return Ok(None);
         }
-        let start = Instant::now();
-        loop {
-            match config(&path).open() {
-                Ok(db) => return Ok(Some(db)),
-                Err(sled::Error::Io(e))
-                    if is_lock_error(&e) && start.elapsed() < LOCK_RELEASE_WAIT =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // An image written a moment ago may still be locked by the handle just dropped.
+        crate::storage::open_waiting_for_lock(&config(&path)).map(Some)
     }
 
     /// Deletes every image database but `keep`'s (all of them when `keep` is `None`).
@@ -141,10 +126,6 @@ fn config(path: &Path) -> sled::Config {
         .cache_capacity(8 * 1024 * 1024)
         // No background flusher thread: every write ends with an explicit flush.
         .flush_every_ms(None)
-}
-
-fn is_lock_error(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock")
 }
 
 /// Makes the creation or removal of entries in `dir` durable.
