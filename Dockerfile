@@ -2,7 +2,7 @@
 #
 # Build the binary first (scripts/cluster-up.sh does both steps):
 #
-#   RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
+#   RUSTFLAGS='-C target-feature=+crt-static --cfg tokio_unstable' cargo build --release --locked \
 #       --target x86_64-unknown-linux-gnu --target-dir target/static
 #   docker build -t raftkv:local .
 #

@@ -104,7 +104,7 @@ build_binary() {
     log "building the static binary ($RAFTKV_STATIC_BIN_REL)"
     (
         cd "$RAFTKV_ROOT"
-        RUSTFLAGS='-C target-feature=+crt-static' nice -n 10 cargo build --release --locked \
+        RUSTFLAGS='-C target-feature=+crt-static --cfg tokio_unstable' nice -n 10 cargo build --release --locked \
             --target "$RAFTKV_TARGET" --target-dir target/static
     ) || die "cargo build of the static binary failed"
     if command -v ldd >/dev/null 2>&1 && ldd "$RAFTKV_STATIC_BIN" >/dev/null 2>&1; then

@@ -16,5 +16,6 @@ pub mod network;
 pub mod node;
 pub mod proto;
 pub mod raft_service;
+pub mod runtime;
 pub mod storage;
 pub mod types;

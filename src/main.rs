@@ -66,12 +66,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
     init_logging(if serving { SERVE_LOG_FILTER } else { "warn" });
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(args) = &cli.command {
-        // Zero is reported by `ServeArgs::validate` once the runtime runs; tokio would panic.
-        builder.worker_threads(args.worker_threads.max(1));
-    }
-    let runtime = match builder.enable_all().build() {
+    // Zero workers is reported by `ServeArgs::validate` once the runtime runs.
+    let workers = match &cli.command {
+        Command::Serve(args) => Some(args.worker_threads),
+        _ => None,
+    };
+    let runtime = match raftkv::runtime::build(workers) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -68,6 +68,12 @@ pub async fn serve(
     let address = args.validate().map_err(|e| anyhow!(e))?;
     let config = Arc::new(raft_config(&args)?);
     crate::memory::tune_allocator();
+    if !crate::runtime::lifo_slot_disabled() {
+        tracing::warn!(
+            "built without --cfg tokio_unstable: responses are written one system call each, \
+             which costs write throughput (see src/runtime.rs)"
+        );
+    }
 
     let (log_store, state_machine) = storage::open(&args.data_dir).await?;
     let reader = state_machine.reader();
