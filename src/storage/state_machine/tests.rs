@@ -381,11 +381,7 @@ fn leftovers_of_an_interrupted_write_are_ignored_and_removed_on_open() {
     {
         // A crash while writing generation 2: some chunks, no manifest naming them yet.
         let db = create_image_db(dir.path(), 2);
-        for index in 0..3u64 {
-            db.insert(chunk_key(2, index), vec![0xee; CHUNK_BYTES])
-                .unwrap();
-        }
-        db.flush().unwrap();
+        write_garbage_chunks(&db, 2, 0..3, CHUNK_BYTES);
     }
     assert_eq!(image_generations(dir.path()), [1, 2]);
     session(dir.path(), async |mut sm| {
@@ -407,11 +403,7 @@ fn leftovers_of_a_failed_write_do_not_mix_with_the_next_one() {
         {
             let db = create_image_db(dir.path(), 2);
             // One chunk inside the next image's range and one past its end.
-            for index in [1, 1_000] {
-                db.insert(chunk_key(2, index), vec![0xee; CHUNK_BYTES])
-                    .unwrap();
-            }
-            db.flush().unwrap();
+            write_garbage_chunks(&db, 2, [1, 1_000], CHUNK_BYTES);
         }
         sm.apply([put_entry(5_000, "zz")]).await.unwrap();
         build(&mut sm).await.snapshot.into_inner()
@@ -592,6 +584,21 @@ fn a_layout_2_data_dir_without_a_snapshot_opens_empty() {
     assert_eq!(format_of(dir.path()), FORMAT_VERSION);
 }
 
+/// Stores chunks of `bytes` bytes of 0xee at `indexes` of `generation` in `tree` and flushes:
+/// the leftovers of a write cut short, which must never be read as an image.
+fn write_garbage_chunks(
+    tree: &sled::Tree,
+    generation: u64,
+    indexes: impl IntoIterator<Item = u64>,
+    bytes: usize,
+) {
+    for index in indexes {
+        tree.insert(chunk_key(generation, index), vec![0xee; bytes])
+            .unwrap();
+    }
+    tree.flush().unwrap();
+}
+
 /// A crash while the image was copied out: the manifest still names the layout-2 chunks, and a
 /// partial database of the next generation lies beside them. The copy starts over.
 #[test]
@@ -600,11 +607,7 @@ fn a_layout_2_conversion_cut_short_before_its_manifest_is_redone() {
     let (meta, image) = layout_2_dir(dir.path(), 1_000, 5);
     {
         let db = create_image_db(dir.path(), 6);
-        for index in 0..2u64 {
-            db.insert(chunk_key(6, index), vec![0xee; CHUNK_BYTES])
-                .unwrap();
-        }
-        db.flush().unwrap();
+        write_garbage_chunks(&db, 6, 0..2, CHUNK_BYTES);
     }
     session(dir.path(), async |mut sm| {
         assert_eq!(sm.reader().stats().0, 1_000);
@@ -626,11 +629,7 @@ fn a_layout_2_conversion_cut_short_before_the_drop_finishes() {
     {
         let db = raw_db(dir.path());
         let tree = db.open_tree("snapshot_chunks").unwrap();
-        for index in 0..3u64 {
-            tree.insert(chunk_key(1, index), vec![0xee; LAYOUT_2_CHUNK_BYTES])
-                .unwrap();
-        }
-        db.flush().unwrap();
+        write_garbage_chunks(&tree, 1, 0..3, LAYOUT_2_CHUNK_BYTES);
     }
     session(dir.path(), async |mut sm| {
         assert_eq!(sm.reader().stats().0, 1_000);
