@@ -388,12 +388,13 @@ impl Drop for Reaper {
     }
 }
 
-/// Three consecutive free ports for the playground's nodes.
+/// Three consecutive free ports for the playground's nodes. `free_port` walks its range one
+/// port at a time, so three calls in a row usually give a block, and taking all three from it
+/// keeps the next caller from handing out the same ports again.
 fn free_port_block() -> u16 {
     for _ in 0..200 {
-        let base = 20_000 + (free_port() % 30_000);
-        let all_free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
+        let base = free_port();
+        if free_port() == base + 1 && free_port() == base + 2 {
             return base;
         }
     }

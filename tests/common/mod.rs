@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use raftkv::proto::v1::cluster_client::ClusterClient;
@@ -34,12 +35,32 @@ pub async fn bounded<F: Future<Output = ()>>(body: F) {
         .expect("test exceeded its time bound");
 }
 
-/// A free TCP port on 127.0.0.1 (released immediately; the node binds it right after).
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768-60999 by default).
+/// A node's port must stay free while the node is down for a restart, and any outgoing
+/// connection (another test's client, a peer's retry) may otherwise be given that very port as
+/// its local end, after which the restarted node cannot listen on it ("Address already in use").
+const TEST_PORTS: std::ops::Range<u16> = 12_000..32_000;
+
+/// A free TCP port on 127.0.0.1 from [`TEST_PORTS`] (checked by binding it, then released; the
+/// node binds it right after). Successive calls in one test process walk the range from a start
+/// that depends on the process id, so parallel tests and test binaries do not race for one port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 /// A channel to one node; connects eagerly so an unreachable node fails fast.
@@ -354,12 +375,20 @@ impl TestCluster {
             .collect()
     }
 
-    fn dump_logs(&self) {
-        for node in &self.nodes {
+    /// Prints each node's state and log tail; a node that exited on its own (a port it could
+    /// not bind, a panic) is named as such, since its log may end long before the failure.
+    fn dump_logs(&mut self) {
+        for node in &mut self.nodes {
+            let state = match node.child.as_mut().map(Child::try_wait) {
+                None => "not running (stopped by the test)".to_string(),
+                Some(Ok(None)) => "running".to_string(),
+                Some(Ok(Some(status))) => format!("EXITED by itself: {status}"),
+                Some(Err(e)) => format!("unknown ({e})"),
+            };
             let text = std::fs::read_to_string(&node.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             eprintln!(
-                "----- node {} log (last {} lines) -----",
+                "----- node {} ({state}) log (last {} lines) -----",
                 node.id,
                 tail.len()
             );
