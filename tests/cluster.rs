@@ -177,6 +177,53 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write_and_it_catc
     .await
 }
 
+/// A write forwarded to a leader that went silent (paused: its connections stay open, so the
+/// follower's request neither fails nor gets an answer) is answered as soon as the follower takes
+/// part in electing a new leader, not at the request timeout: UNAVAILABLE, saying the leader was
+/// replaced and that the write may or may not have been applied. A retry then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_silent_leader_fails_once_a_new_term_begins() {
+    bounded(async {
+        // The nodes' own request timeout outlasts the test: only the new term can end the wait,
+        // well within the test client's 15 s deadline.
+        let cluster = TestCluster::start(3, &["--request-timeout-ms", "600000"]).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let follower = cluster.others(leader)[0];
+        cluster
+            .put(follower, "before", b"1")
+            .await
+            .expect("forwarded write");
+
+        cluster.pause(leader);
+        let status = cluster
+            .put(follower, "during", b"2")
+            .await
+            .expect_err("no leader could have answered this write");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains(&format!("leader {leader} "))
+                && status.message().contains("was replaced")
+                && status
+                    .message()
+                    .contains("may or may not have been applied"),
+            "{status:?}"
+        );
+
+        let revision = cluster
+            .put_retrying(follower, "after", b"3", Duration::from_secs(30))
+            .await;
+        assert!(revision > 0);
+
+        // The old leader, resumed, follows the new one and serves what it committed.
+        cluster.resume(leader);
+        let new_leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+        assert_ne!(new_leader, leader);
+        let read = cluster.get(leader, "after", LINEAR).await.expect("read");
+        assert_eq!(read.value, b"3");
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_purged_entries_catches_up_through_a_snapshot() {
     bounded(async {

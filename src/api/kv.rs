@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::counters::OpCounters;
 use super::errors::{timed_out, Redirect};
 use super::forward::{is_forwarded, Forwarder};
+use super::leadership::{leader_replaced, leader_replaced_status};
 use super::limits::Limits;
 use super::proposer::Proposer;
 use super::read_index::{ReadIndex, StartupBarrier};
@@ -118,10 +119,16 @@ impl KvService {
                 "this node is not the leader (node {id} at {address} is); leadership moved while forwarding, retry"
             ))),
             Redirect::Leader { id, address } => {
-                call(self.forwarder.clone(), address.clone(), req)
-                    .await
-                    .map(Response::new)
-                    .map_err(|status| Forwarder::failure(id, &address, status))
+                let answer = call(self.forwarder.clone(), address.clone(), req);
+                tokio::select! {
+                    biased;
+                    answer = answer => answer
+                        .map(Response::new)
+                        .map_err(|status| Forwarder::failure(id, &address, status)),
+                    () = leader_replaced(&self.raft, id) => {
+                        Err(leader_replaced_status(id, &address))
+                    }
+                }
             }
         }
     }

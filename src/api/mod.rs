@@ -8,6 +8,7 @@ pub mod forward;
 pub mod forward_service;
 pub mod gather;
 pub mod kv;
+pub mod leadership;
 pub mod limits;
 pub mod proposer;
 pub mod read_index;

@@ -243,6 +243,24 @@ impl TestCluster {
         }
     }
 
+    /// SIGSTOP: the process keeps its sockets open but answers nothing, as a node cut off the
+    /// network does from its peers' side. Undo with [`TestCluster::resume`]; a paused node is
+    /// still killed on drop.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT for a node stopped by [`TestCluster::pause`].
+    pub fn resume(&self, id: u64) {
+        self.signal(id, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, id: u64, signal: nix::sys::signal::Signal) {
+        let pid = self.node(id).pid().expect("node is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .unwrap_or_else(|e| panic!("{signal} to node {id}: {e}"));
+    }
+
     /// SIGTERM and wait (bounded) for a clean exit; returns whether it exited by itself.
     pub fn stop(&mut self, id: u64) -> bool {
         let node = self.node_mut(id);
