@@ -303,8 +303,10 @@ read -r leader term_before < <(cluster_leader 1s)
 ((leader != 0)) || leader=$(wait_leader 10)
 before=$(acked_count)
 log "fault 1: docker kill node$leader (the leader)"
-t0=$(now_ms)
+t_command=$(now_ms)
 docker kill "$(cid "$leader")" >/dev/null
+t0=$(now_ms)
+command_ms=$((t0 - t_command))
 ms=$(wait_writable "$(endpoints_except "$leader")" "$t0" 30)
 new_leader=$(wait_leader 10)
 log "  writes succeed again after $(fmt_ms "$ms"); new leader node$new_leader"
@@ -315,7 +317,7 @@ sleep "$settle"
 state=$(node_health "$leader")
 [[ $state == exited ]] || warn "node$leader is '$state' after docker kill, expected 'exited'"
 record "kill leader" "node$leader" "node$new_leader" "$term_before->$(term_now)" "$(fmt_ms "$ms")" \
-    "$(($(acked_count) - before)) writes acked while node$leader was down"
+    "$(($(acked_count) - before)) writes acked while node$leader was down; docker kill took $(fmt_ms "$command_ms")"
 
 # 2. Restart it.
 killed=$leader
@@ -360,8 +362,10 @@ network=$(node_network "$leader")
 [[ -n $network ]] || die "cannot find node$leader's network"
 before=$(acked_count)
 log "fault 3: docker network disconnect $network node$leader (the leader)"
-t0=$(now_ms)
+t_command=$(now_ms)
 docker network disconnect "$network" "$(cid "$leader")"
+t0=$(now_ms)
+command_ms=$((t0 - t_command))
 disconnected_node=$leader
 disconnected_network=$network
 ms=$(wait_writable "$(endpoints_except "$leader")" "$t0" 30)
@@ -371,7 +375,7 @@ if ((ms > max_failover_ms)); then max_failover_ms=$ms; fi
 sleep "$settle"
 during=$(($(acked_count) - before))
 record "disconnect leader from network" "node$leader" "node$new_leader" "$term_before->$(term_now)" \
-    "$(fmt_ms "$ms")" "$during writes acked while cut off"
+    "$(fmt_ms "$ms")" "$during writes acked while cut off; docker network disconnect took $(fmt_ms "$command_ms")"
 
 term_before=$(term_now)
 log "fault 3 repaired: docker network connect --alias node$leader $network node$leader"
@@ -465,7 +469,7 @@ read -r _ final_term < <(cluster_leader 1s)
 
 echo
 echo "Faults (leader = leader afterwards; term = before->after; writable = time from the fault"
-echo "until a write through the surviving nodes succeeds)"
+echo "(once the docker command returned) until a write through the surviving nodes succeeds)"
 printf '%-31s %-7s %-7s %-7s %-9s %s\n' "fault" "target" "leader" "term" "writable" "notes"
 printf '%s\n' "${faults[@]}"
 echo
