@@ -270,6 +270,24 @@ term_now() {
     echo "$term"
 }
 
+# A failover slower than this many ms gets the nodes' election log lines printed after it, so a
+# slow run (seen at 7-8 s now and then) leaves evidence of where the time went.
+explain_over_ms=${RAFTKV_FAILOVER_EXPLAIN_MS:-6000}
+
+# Prints openraft's election lines logged by every node since $1 (epoch ms) when $2 (ms) is
+# above the threshold. The nodes log at info by default (RAFTKV_LOG), which includes them.
+explain_slow_failover() {
+    local since_ms=$1 took_ms=$2 n since
+    ((took_ms > explain_over_ms)) || return 0
+    since=$(awk -v ms="$since_ms" 'BEGIN { printf "%.3f", ms / 1000 }')
+    warn "failover took $(fmt_ms "$took_ms"); election log lines of every node since the fault:"
+    for n in "${RAFTKV_NODES[@]}"; do
+        docker logs --since "$since" "$(cid "$n")" 2>&1 |
+            grep -E "trigger election|become leader|quorum granted|reject vote|seen a greater log|vote is changing" |
+            cut -c1-200 | sed "s/^/  node$n: /" >&2 || true
+    done
+}
+
 # --- the run --------------------------------------------------------------------------------
 
 test_start=$SECONDS
@@ -310,6 +328,7 @@ command_ms=$((t0 - t_command))
 ms=$(wait_writable "$(endpoints_except "$leader")" "$t0" 30)
 new_leader=$(wait_leader 10)
 log "  writes succeed again after $(fmt_ms "$ms"); new leader node$new_leader"
+explain_slow_failover "$t_command" "$ms"
 if ((ms > max_failover_ms)); then max_failover_ms=$ms; fi
 ((new_leader != leader)) || die "node$leader was killed but is still reported as the leader"
 sleep "$settle"
@@ -371,6 +390,7 @@ disconnected_network=$network
 ms=$(wait_writable "$(endpoints_except "$leader")" "$t0" 30)
 new_leader=$(wait_leader 10)
 log "  writes succeed again after $(fmt_ms "$ms"); new leader node$new_leader"
+explain_slow_failover "$t_command" "$ms"
 if ((ms > max_failover_ms)); then max_failover_ms=$ms; fi
 sleep "$settle"
 during=$(($(acked_count) - before))
