@@ -4,6 +4,10 @@
 //! every replication stream, so a leader change or a retry never pays a new TCP handshake.
 //! Transport failures are reported as `Unreachable`, which makes openraft back off instead of
 //! retrying in a tight loop; reachability changes are logged once each, not per RPC.
+//!
+//! An AppendEntries tells a follower the leader's commit index only once the leader has its log
+//! on disk up to that index: the leader acknowledges its own appends before flushing them (see
+//! `storage::log_store::durable`), and a follower must never apply what the leader could lose.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::proto::raft_v1::raft_client::RaftClient;
 use crate::proto::raft_v1::RaftMessage;
 use crate::storage::codec;
+use crate::storage::log_store::DurableIndex;
 use crate::types::{Node, NodeId, TypeConfig};
 
 /// Largest replication message accepted either way: an AppendEntries is capped near
@@ -52,12 +57,22 @@ struct Peer {
 }
 
 /// Creates per-peer connections for openraft, reusing channels across calls.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NetworkFactory {
     peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
+    durable: DurableIndex,
 }
 
 impl NetworkFactory {
+    /// A factory whose AppendEntries wait for this node's log to be durable up to the commit
+    /// index they carry.
+    pub fn new(durable: DurableIndex) -> Self {
+        Self {
+            peers: Arc::default(),
+            durable,
+        }
+    }
+
     fn peer(&self, target: NodeId, address: &str) -> Peer {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(peer) = peers.get(&target) {
@@ -96,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerConnection {
             target,
             peer: self.peer(target, &node.addr),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -104,6 +120,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerConnection {
     target: NodeId,
     peer: Peer,
+    durable: DurableIndex,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -196,6 +213,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        if let Some(committed) = rpc.leader_commit {
+            // Usually already true: the follower acknowledgement that let the entry commit
+            // took longer than the leader's own flush.
+            self.durable
+                .wait_for(committed.index)
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        }
         let sent = entries_within_budget(&rpc.entries, APPEND_BYTES_BUDGET);
         if sent == rpc.entries.len() {
             return self.call(RaftRpc::AppendEntries, &rpc, option).await;

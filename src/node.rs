@@ -76,6 +76,7 @@ pub async fn serve(
     }
 
     let (log_store, state_machine) = storage::open(&args.data_dir).await?;
+    log_store.set_node_id(args.id);
     let reader = state_machine.reader();
     let barrier = restored_leader_barrier(args.id, &log_store).await?;
 
@@ -95,7 +96,7 @@ pub async fn serve(
     let raft = Raft::new(
         args.id,
         config,
-        NetworkFactory::default(),
+        NetworkFactory::new(log_store.durable_index()),
         log_store,
         state_machine,
     )

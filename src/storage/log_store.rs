@@ -1,22 +1,26 @@
 //! The Raft log in sled, following openraft's storage contract:
-//! - `append` hands its callback to a flusher task that calls it only once the entries are on
-//!   disk; every append waiting at that moment shares one flush (group commit),
+//! - `append` hands its callback to a flusher thread that calls it only once the entries are on
+//!   disk; every append waiting at that moment shares one flush (group commit). The exception
+//!   is a leader's append of its own new entries, acknowledged at once and made durable in the
+//!   background, with [`DurableIndex`] holding back whatever must wait for it (see [`durable`]),
 //! - `save_vote` is flushed before it returns,
 //! - `truncate(id)` removes `[id.index, ∞)` and `purge(id)` removes `[0, id.index]` after
 //!   persisting the purge marker.
 //!
 //! Entries live in sled trees of 64 consecutive indexes ([`spans`]), so a purge drops whole trees.
 
+pub mod durable;
 mod spans;
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+pub use self::durable::DurableIndex;
 use self::spans::Spans;
 use super::codec;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
@@ -27,30 +31,118 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
-/// Handle to the sled-backed log. Clones share the same trees and flusher.
+/// Work for the flusher thread.
+enum FlushJob {
+    /// Entries up to `last_index` were written: flush, record them durable, then tell openraft
+    /// through `callback` unless it was already told.
+    Appended {
+        last_index: u64,
+        callback: Option<LogFlushed<TypeConfig>>,
+    },
+    /// Answered once every job queued before it is done.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Handle to the sled-backed log. Clones share the same trees, flusher and vote record.
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
     log: Arc<Spans>,
     meta: sled::Tree,
-    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flusher: mpsc::UnboundedSender<FlushJob>,
+    durable: DurableIndex,
+    /// This node's id, once known: only then are its own leader appends recognised.
+    own_id: Arc<OnceLock<NodeId>>,
+    /// The vote last saved, which tells whose entries an append carries.
+    vote: Arc<Mutex<Option<Vote<NodeId>>>>,
 }
 
 impl LogStore {
-    /// Opens the log trees and starts the flusher thread.
+    /// Opens the log trees and starts the flusher thread. Everything already in the log counts
+    /// as durable.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        let log = Arc::new(Spans::open(db)?);
+        let last_index = log.last()?.map_or(0, |(index, _)| index);
+        let durable = DurableIndex::new(last_index);
         let (flusher, pending) = mpsc::unbounded_channel();
         let flush_db = db.clone();
+        let flush_durable = durable.clone();
         std::thread::Builder::new()
             .name("raftkv-log-flush".into())
-            .spawn(move || run_flusher(flush_db, pending))
+            .spawn(move || run_flusher(flush_db, flush_durable, pending))
             .map_err(sled::Error::Io)?;
+        let meta = db.open_tree(META_TREE)?;
+        let vote = meta
+            .get(KEY_VOTE)?
+            .and_then(|bytes| codec::decode::<Vote<NodeId>>(&bytes).ok());
         Ok(Self {
             db: db.clone(),
-            log: Arc::new(Spans::open(db)?),
-            meta: db.open_tree(META_TREE)?,
+            log,
+            meta,
             flusher,
+            durable,
+            own_id: Arc::default(),
+            vote: Arc::new(Mutex::new(vote)),
         })
+    }
+
+    /// Tells the store which node it belongs to, so that this node's appends as leader are
+    /// acknowledged before their flush (see [`durable`]). Without it every append waits for
+    /// its flush, as openraft's contract has it.
+    pub fn set_node_id(&self, id: NodeId) {
+        let _ = self.own_id.set(id);
+    }
+
+    /// The durable end of this log, shared with the state machine and the network.
+    pub fn durable_index(&self) -> DurableIndex {
+        self.durable.clone()
+    }
+
+    /// Whether `entries` are this node's own new entries as leader: the last saved vote is for
+    /// this node and every entry was created under that vote's leadership. A follower always
+    /// saves a vote for its leader before taking the leader's entries, so its appends never
+    /// match, not even entries this node created in an earlier term.
+    fn own_leader_entries(&self, entries: &[Entry]) -> bool {
+        let Some(own_id) = self.own_id.get() else {
+            return false;
+        };
+        let vote = self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        match vote.as_ref() {
+            Some(vote) if vote.leader_id.node_id == *own_id => entries
+                .iter()
+                .all(|entry| entry.log_id.leader_id == vote.leader_id),
+            _ => false,
+        }
+    }
+
+    /// Writes `entries` and queues their flush. Without a `callback` (openraft is told at once
+    /// by the caller) they are recorded as acknowledged early until the flush is done.
+    fn write_and_flush_later(
+        &self,
+        entries: Vec<Entry>,
+        callback: Option<LogFlushed<TypeConfig>>,
+    ) -> Result<(), StorageError> {
+        let last_index = entries.last().map_or(0, |entry| entry.log_id.index);
+        if callback.is_none() {
+            self.durable.acknowledge_early(last_index);
+        }
+        self.write_entries(entries)?;
+        self.flusher
+            .send(FlushJob::Appended {
+                last_index,
+                callback,
+            })
+            .map_err(|_| write_logs(std::io::Error::other("log flusher stopped")))
+    }
+
+    /// Waits until every job queued with the flusher so far is done.
+    async fn drain_flusher(&self) -> Result<(), StorageError> {
+        let stopped = || write_logs(std::io::Error::other("log flusher stopped"));
+        let (done, finished) = oneshot::channel();
+        self.flusher
+            .send(FlushJob::Barrier(done))
+            .map_err(|_| stopped())?;
+        finished.await.map_err(|_| stopped())
     }
 
     /// Decodes the records read at start-up, so damage is reported before Raft starts.
@@ -137,15 +229,20 @@ impl LogStore {
     }
 }
 
-/// Flushes sled for every batch of appends waiting and then acknowledges them in order.
+/// Flushes sled for every batch of jobs waiting, records what became durable, and then
+/// acknowledges them in order.
 ///
-/// One flush covers every write made before it, so all callbacks queued while a flush runs are
+/// One flush covers every write made before it, so all jobs queued while a flush runs are
 /// answered by the next one: many client writes share one disk sync.
 ///
 /// It runs on a thread of its own and calls sled's blocking `flush`: `flush_async` would hand
 /// each flush to sled's thread pool, whose queue wakes all seven of its idle threads per job
 /// (measured: about 25 context switches per write on the leader), and then hop back to tokio.
-fn run_flusher(db: sled::Db, mut pending: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+fn run_flusher(
+    db: sled::Db,
+    durable: DurableIndex,
+    mut pending: mpsc::UnboundedReceiver<FlushJob>,
+) {
     let mut waiting = Vec::new();
     while let Some(first) = pending.blocking_recv() {
         waiting.push(first);
@@ -153,12 +250,32 @@ fn run_flusher(db: sled::Db, mut pending: mpsc::UnboundedReceiver<LogFlushed<Typ
             waiting.push(next);
         }
         let result = db.flush();
-        for callback in waiting.drain(..) {
-            let outcome = match &result {
-                Ok(_) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            callback.log_io_completed(outcome);
+        match &result {
+            Ok(_) => {
+                let flushed = waiting.iter().filter_map(|job| match job {
+                    FlushJob::Appended { last_index, .. } => Some(*last_index),
+                    FlushJob::Barrier(_) => None,
+                });
+                if let Some(through) = flushed.max() {
+                    durable.advance(through);
+                }
+            }
+            Err(e) => durable.fail(e.to_string()),
+        }
+        for job in waiting.drain(..) {
+            match job {
+                FlushJob::Appended {
+                    callback: Some(callback),
+                    ..
+                } => callback.log_io_completed(match &result {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                }),
+                FlushJob::Appended { callback: None, .. } => {}
+                FlushJob::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 }
@@ -218,7 +335,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
-        self.flush(ErrorSubject::Vote).await
+        self.flush(ErrorSubject::Vote).await?;
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -247,15 +366,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.write_entries(entries)?;
-        self.flusher
-            .send(callback)
-            .map_err(|_| write_logs(std::io::Error::other("log flusher stopped")))?;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if self.own_leader_entries(&entries) {
+            self.write_and_flush_later(entries, None)?;
+            callback.log_io_completed(Ok(()));
+        } else {
+            self.write_and_flush_later(entries, Some(callback))?;
+        }
         Ok(())
     }
 
+    /// Waits for the appends still being flushed first, so that their completion cannot mark
+    /// durable the entries written later at the same indexes.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.log.remove_from(log_id.index).map_err(write_logs)
+        self.drain_flusher().await?;
+        self.log.remove_from(log_id.index).map_err(write_logs)?;
+        self.durable.truncate_to(log_id.index.saturating_sub(1));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -264,5 +391,86 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Store)?;
         self.flush(ErrorSubject::Store).await?;
         self.log.remove_through(log_id.index).map_err(write_logs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn blank(term: u64, leader: NodeId, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn open_store() -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .open()
+            .expect("sled");
+        let store = LogStore::open(&db).expect("log store");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn only_this_nodes_own_entries_as_leader_are_acknowledged_early() {
+        let (_dir, mut store) = open_store();
+        let own = [blank(4, 1, 5), blank(4, 1, 6)];
+        store
+            .save_vote(&Vote::new_committed(4, 1))
+            .await
+            .expect("vote");
+        assert!(!store.own_leader_entries(&own), "node id not known yet");
+        store.set_node_id(1);
+        assert!(store.own_leader_entries(&own));
+        assert!(
+            !store.own_leader_entries(&[blank(3, 1, 5)]),
+            "this node's entries from an earlier term come from another leader now"
+        );
+        store
+            .save_vote(&Vote::new_committed(5, 2))
+            .await
+            .expect("vote");
+        assert!(!store.own_leader_entries(&[blank(5, 2, 7)]), "node 2 leads");
+        assert!(!store.own_leader_entries(&own), "following node 2");
+    }
+
+    #[tokio::test]
+    async fn entries_acknowledged_early_hold_back_waiters_until_their_flush() {
+        let (_dir, mut store) = open_store();
+        let durable = store.durable_index();
+        store
+            .write_and_flush_later(vec![blank(1, 1, 1), blank(1, 1, 2)], None)
+            .expect("write");
+        tokio::time::timeout(Duration::from_secs(10), durable.wait_for(2))
+            .await
+            .expect("the flusher records the flush")
+            .expect("flushed without error");
+        let read = store.try_get_log_entries(1..=2).await.expect("read");
+        assert_eq!(read.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_truncation_waits_for_pending_flushes_and_leaves_nothing_pending() {
+        let (_dir, mut store) = open_store();
+        let durable = store.durable_index();
+        let entries = (1..=5).map(|i| blank(1, 1, i)).collect();
+        store.write_and_flush_later(entries, None).expect("write");
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 1), 3))
+            .await
+            .expect("truncate");
+        assert_eq!(store.try_get_log_entries(1..).await.expect("read").len(), 2);
+        tokio::time::timeout(Duration::from_millis(500), durable.wait_for(5))
+            .await
+            .expect("nothing acknowledged early is left unflushed")
+            .expect("no error");
     }
 }

@@ -105,8 +105,9 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
     log_store
         .check_readable()
         .map_err(|e| damaged(e.to_string()))?;
-    let state_machine = StateMachineStore::open(&db, data_dir.join(SNAPSHOT_DIR))
-        .map_err(|e| damaged(e.to_string()))?;
+    let state_machine =
+        StateMachineStore::open(&db, data_dir.join(SNAPSHOT_DIR), log_store.durable_index())
+            .map_err(|e| damaged(e.to_string()))?;
     mark_format(&db, &db_path)?;
     Ok((log_store, state_machine))
 }

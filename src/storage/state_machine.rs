@@ -27,6 +27,7 @@ use openraft::{
 use self::snapshot_store::SnapshotStore;
 pub use self::snapshot_store::{StoredSnapshot, CHUNK_BYTES};
 use super::kv_map::{KvMap, ScanPage};
+use super::log_store::DurableIndex;
 use crate::memory::release_free_memory;
 use crate::types::{
     now_ms, CommandResult, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, StoredValue,
@@ -103,16 +104,23 @@ impl KvReader {
 pub struct StateMachineStore {
     state: Shared,
     snapshots: Arc<SnapshotStore>,
+    /// The log's durable end: an entry is applied only once it is on this node's disk.
+    durable: DurableIndex,
 }
 
 impl StateMachineStore {
     /// Opens the snapshot store (manifest in `db`, images under `images`) and loads the latest
     /// snapshot, if any, into the map.
-    pub fn open(db: &sled::Db, images: PathBuf) -> Result<Self, StorageError> {
+    pub fn open(
+        db: &sled::Db,
+        images: PathBuf,
+        durable: DurableIndex,
+    ) -> Result<Self, StorageError> {
         let snapshots = Arc::new(SnapshotStore::open(db, images)?);
         let store = Self {
             state: Shared::default(),
             snapshots,
+            durable,
         };
         if let Some((meta, map)) = store.snapshots.load_map()? {
             *write(&store.state) = KvState {
@@ -157,6 +165,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            // A leader acknowledges its own appends before flushing them (see
+            // `log_store::durable`); applying is what answers clients, so it waits for the disk.
+            self.durable
+                .wait_for(last.log_id.index)
+                .await
+                .map_err(|e| StorageIOError::apply(last.log_id, &std::io::Error::other(e)))?;
+        }
         let mut state = write(&self.state);
         let mut results = Vec::new();
         for entry in entries {

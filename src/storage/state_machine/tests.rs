@@ -671,3 +671,34 @@ fn a_damaged_layout_2_snapshot_is_reported_at_open_and_kept() {
     assert!(image_generations(dir.path()).is_empty());
     assert_eq!(format_of(dir.path()), 2);
 }
+
+/// A leader acknowledges its own appends before flushing them; applying answers clients, so it
+/// must wait until those entries are on disk.
+#[tokio::test]
+async fn entries_acknowledged_early_are_applied_only_once_flushed() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = raw_db(dir.path());
+    let durable = log_store::DurableIndex::new(0);
+    let mut sm = StateMachineStore::open(&db, dir.path().join(SNAPSHOT_DIR), durable.clone())
+        .expect("state machine");
+    durable.acknowledge_early(3);
+    let reader = sm.reader();
+    let apply = tokio::spawn(async move {
+        sm.apply(vec![
+            membership_entry(1),
+            put_entry(2, "a"),
+            put_entry(3, "b"),
+        ])
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!apply.is_finished(), "applied before the flush");
+    assert!(reader.get("a").0.is_none(), "visible before the flush");
+    durable.advance(3);
+    let applied = tokio::time::timeout(std::time::Duration::from_secs(5), apply)
+        .await
+        .expect("applied once flushed")
+        .expect("apply task");
+    assert_eq!(applied.expect("apply").len(), 3);
+    assert!(reader.get("a").0.is_some());
+}
