@@ -286,6 +286,14 @@ explain_slow_failover() {
             grep -E "trigger election|become leader|quorum granted|reject vote|seen a greater log|vote is changing" |
             cut -c1-200 | sed "s/^/  node$n: /" >&2 || true
     done
+    # openraft 0.9 remembers a vote refused by a node with a longer log until this node next
+    # campaigns, and adds smaller_log_timeout (2x the maximum election timeout) to that next
+    # election however much later it comes: such lines from before the fault explain a slow one.
+    warn "refusals by a node with a longer log, since the cluster started (each delays that node's next campaign by 4s):"
+    for n in "${RAFTKV_NODES[@]}"; do
+        docker logs "$(cid "$n")" 2>&1 | grep -E "seen a greater log|do trigger election" |
+            cut -c1-200 | sed "s/^/  node$n: /" >&2 || true
+    done
 }
 
 # --- the run --------------------------------------------------------------------------------

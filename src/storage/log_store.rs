@@ -123,10 +123,10 @@ impl LogStore {
         callback: Option<LogFlushed<TypeConfig>>,
     ) -> Result<(), StorageError> {
         let last_index = entries.last().map_or(0, |entry| entry.log_id.index);
+        self.write_entries(entries)?;
         if callback.is_none() {
             self.durable.acknowledge_early(last_index);
         }
-        self.write_entries(entries)?;
         self.flusher
             .send(FlushJob::Appended {
                 last_index,
