@@ -7,7 +7,13 @@
 //! packed into the next entry as one `Command::Multi`, up to [`MAX_ENTRY_BYTES`] of payload. A
 //! write that finds the pipeline free goes out alone at once, so a lone client pays no delay.
 //! Each write still gets its own result; the writes of one entry share its revision.
+//!
+//! A write that finds no other write outstanding at all skips the proposer task and goes to
+//! openraft from its caller's task: with nothing to group it with, the two task hops there and
+//! back only added latency (about 35 µs of a single client's write on a small machine). It
+//! counts as outstanding while in flight, so under load writes still queue and group.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -38,18 +44,44 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::UnboundedSender<Pending>,
+    raft: Raft,
+    /// Writes handed to this proposer whose callers still wait, queued or in flight.
+    outstanding: Arc<AtomicUsize>,
+}
+
+/// Counts one write as outstanding until dropped, including when its caller gives up.
+struct Outstanding<'a>(&'a AtomicUsize);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Proposer {
     /// Starts the proposer task for `raft`; it ends when every `Proposer` handle is dropped.
     pub fn start(raft: Raft) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, pending));
-        Self { queue }
+        tokio::spawn(run(raft.clone(), pending));
+        Self {
+            queue,
+            raft,
+            outstanding: Arc::default(),
+        }
     }
 
     /// Proposes `command` (possibly together with others) and waits for its own result.
     pub async fn propose(&self, command: Command) -> Reply {
+        if self
+            .outstanding
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let _outstanding = Outstanding(&self.outstanding);
+            return propose_alone(&self.raft, command).await;
+        }
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        let _outstanding = Outstanding(&self.outstanding);
         let (reply, answer) = oneshot::channel();
         let stopped = || Redirect::Fail(Status::unavailable("this node is shutting down"));
         self.queue
@@ -79,6 +111,18 @@ async fn run(raft: Raft, queue: mpsc::UnboundedReceiver<Pending>) {
             drop(slot);
         });
     }
+}
+
+/// Proposes `command` as an entry of its own.
+async fn propose_alone(raft: &Raft, command: Command) -> Reply {
+    let proposal = Proposal {
+        stamp_ms: now_ms(),
+        command,
+    };
+    raft.client_write(proposal)
+        .await
+        .map(|response| response.data)
+        .map_err(write_error)
 }
 
 /// Proposes one entry for `batch` and answers each write with its own result.
