@@ -8,6 +8,10 @@
 //! An AppendEntries tells a follower the leader's commit index only once the leader has its log
 //! on disk up to that index: the leader acknowledges its own appends before flushing them (see
 //! `storage::log_store::durable`), and a follower must never apply what the leader could lose.
+//! It waits for that flush for a quarter of the RPC's time limit at most, and then repeats the
+//! last commit index it told that follower: openraft gives an AppendEntries one heartbeat
+//! interval, and a disk that stalls for longer would otherwise fail the heartbeats that confirm
+//! leadership for linearizable reads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +34,7 @@ use crate::proto::raft_v1::raft_client::RaftClient;
 use crate::proto::raft_v1::RaftMessage;
 use crate::storage::codec;
 use crate::storage::log_store::DurableIndex;
-use crate::types::{Node, NodeId, TypeConfig};
+use crate::types::{LogId, Node, NodeId, TypeConfig};
 
 /// Largest replication message accepted either way: an AppendEntries is capped near
 /// `APPEND_BYTES_BUDGET` unless a single entry is bigger (a value up to `--max-value-bytes`),
@@ -111,7 +115,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerConnection {
             target,
             peer: self.peer(target, &node.addr),
-            durable: self.durable.clone(),
+            commits: CommitGate::new(self.durable.clone()),
         }
     }
 }
@@ -120,7 +124,49 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerConnection {
     target: NodeId,
     peer: Peer,
+    commits: CommitGate,
+}
+
+/// Decides which commit index each AppendEntries to one follower may carry.
+struct CommitGate {
     durable: DurableIndex,
+    /// The last commit index told to this follower; commits only grow, so it stays true.
+    told: Option<LogId>,
+}
+
+impl CommitGate {
+    fn new(durable: DurableIndex) -> Self {
+        Self {
+            durable,
+            told: None,
+        }
+    }
+
+    /// [`Self::commit_to_tell`] after waiting at most `patience` for the entries up to
+    /// `committed` to reach the disk: normally a fraction of one flush.
+    async fn settle(
+        &mut self,
+        committed: Option<LogId>,
+        patience: Duration,
+    ) -> Result<Option<LogId>, String> {
+        if let Some(id) = committed {
+            // A timeout or a failure is decided below; this only gives the flush its chance.
+            let _ = tokio::time::timeout(patience, self.durable.wait_for(id.index)).await;
+        }
+        self.commit_to_tell(committed)
+    }
+
+    /// `committed` if every entry up to it is on this node's disk, else the last commit index
+    /// told. Fails only once the log cannot be flushed any more.
+    fn commit_to_tell(&mut self, committed: Option<LogId>) -> Result<Option<LogId>, String> {
+        let Some(id) = committed else {
+            return Ok(self.told);
+        };
+        if self.durable.is_settled_through(id.index)? {
+            self.told = self.told.max(Some(id));
+        }
+        Ok(self.told)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -213,14 +259,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        if let Some(committed) = rpc.leader_commit {
-            // Usually already true: the follower acknowledgement that let the entry commit
-            // took longer than the leader's own flush.
-            self.durable
-                .wait_for(committed.index)
-                .await
-                .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
-        }
+        // Usually the whole commit index at once: the follower acknowledgement that let the
+        // entry commit took longer than the leader's own flush. A quarter of the RPC's time
+        // limit at most is spent waiting for that flush.
+        rpc.leader_commit = self
+            .commits
+            .settle(rpc.leader_commit, option.hard_ttl() / 4)
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         let sent = entries_within_budget(&rpc.entries, APPEND_BYTES_BUDGET);
         if sent == rpc.entries.len() {
             return self.call(RaftRpc::AppendEntries, &rpc, option).await;
@@ -266,7 +312,7 @@ fn entries_within_budget(entries: &[crate::types::Entry], budget: u64) -> usize 
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
     use crate::types::{Command, Entry, Proposal, PutOp};
@@ -283,6 +329,28 @@ mod tests {
                 }),
             }),
         }
+    }
+
+    fn committed(index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    #[test]
+    fn a_commit_index_is_told_only_once_the_leader_has_it_on_disk() {
+        let durable = DurableIndex::new(3);
+        let mut gate = CommitGate::new(durable.clone());
+        assert_eq!(gate.commit_to_tell(committed(3)), Ok(committed(3)));
+        durable.acknowledge_early(6);
+        assert_eq!(
+            gate.commit_to_tell(committed(5)),
+            Ok(committed(3)),
+            "4 and 5 are not flushed yet: repeat the last one told"
+        );
+        durable.advance(5);
+        assert_eq!(gate.commit_to_tell(committed(5)), Ok(committed(5)));
+        assert_eq!(gate.commit_to_tell(None), Ok(committed(5)));
+        durable.fail("disk gone".into());
+        assert!(gate.commit_to_tell(committed(6)).is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - the state machine applies an entry (and so answers its client) only once no entry up to
 //!   it is still waiting for its flush (`StateMachineStore::apply`);
 //! - an AppendEntries tells followers a commit index only under the same condition (`network`),
-//!   so no follower applies an entry the leader could still lose.
+//!   so no follower applies an entry the leader could still lose; after a short wait it repeats
+//!   the last commit index it told instead, so that a slow disk does not time out heartbeats.
 //!
 //! An entry is therefore applied anywhere only once the leader and a follower that acknowledged
 //! it (followers acknowledge only after their own flush) both have it on disk: a majority of
@@ -108,6 +109,15 @@ impl DurableIndex {
     /// Records that a flush failed; every waiter, now and later, gets this error.
     pub fn fail(&self, reason: String) {
         self.progress.send_replace(Progress::Failed(reason));
+    }
+
+    /// Whether no entry up to `index` that was acknowledged early is still unflushed, or the
+    /// flush error that makes waiting for it pointless.
+    pub fn is_settled_through(&self, index: u64) -> Result<bool, String> {
+        match &*self.progress.borrow() {
+            Progress::Failed(reason) => Err(format!("the log could not be flushed: {reason}")),
+            progress => Ok(progress.settled_through(index)),
+        }
     }
 
     /// Waits until no entry up to `index` that was acknowledged early is still unflushed, or
