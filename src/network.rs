@@ -68,8 +68,8 @@ pub struct NetworkFactory {
 }
 
 impl NetworkFactory {
-    /// A factory whose AppendEntries wait for this node's log to be durable up to the commit
-    /// index they carry.
+    /// A factory whose AppendEntries tell followers only commit indexes up to which this
+    /// node's log is on disk (see [`CommitGate`]).
     pub fn new(durable: DurableIndex) -> Self {
         Self {
             peers: Arc::default(),
