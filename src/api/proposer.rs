@@ -121,7 +121,8 @@ async fn run(raft: Raft, queue: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
-/// Proposes `command` as an entry of its own.
+/// Proposes `command` as one entry and returns its result: a lone write, or a group packed
+/// into a `Multi` by [`propose_batch`].
 async fn propose_alone(raft: &Raft, command: Command) -> Reply {
     let proposal = Proposal {
         stamp_ms: now_ms(),
@@ -142,12 +143,8 @@ async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
         Ok([only]) => (true, only),
         Err(commands) => (false, Command::Multi(commands)),
     };
-    let proposal = Proposal {
-        stamp_ms: now_ms(),
-        command,
-    };
-    match raft.client_write(proposal).await {
-        Ok(response) => match (single, response.data) {
+    match propose_alone(raft, command).await {
+        Ok(result) => match (single, result) {
             (true, result) => answer_all(replies, || Ok(result.clone())),
             (false, CommandResult::Multi(results)) if results.len() == replies.len() => {
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -160,10 +157,7 @@ async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
                 ))))
             }),
         },
-        Err(e) => {
-            let redirect = write_error(e);
-            answer_all(replies, || Err(redirect.clone()))
-        }
+        Err(redirect) => answer_all(replies, || Err(redirect.clone())),
     }
 }
 
