@@ -104,7 +104,8 @@ impl KvReader {
 pub struct StateMachineStore {
     state: Shared,
     snapshots: Arc<SnapshotStore>,
-    /// The log's durable end: an entry is applied only once it is on this node's disk.
+    /// Which log entries were acknowledged before their flush: such an entry is applied only
+    /// once it is on this node's disk.
     durable: DurableIndex,
 }
 
