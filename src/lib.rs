@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod expiry;
+pub mod failpoints;
 pub mod http;
 pub mod memory;
 pub mod network;

@@ -15,7 +15,6 @@ use tonic_health::ServingStatus;
 
 use crate::api::counters::OpCounters;
 use crate::api::forward::Forwarder;
-use crate::api::read_index::StartupBarrier;
 use crate::api::{ClusterService, KvService, Limits};
 use crate::config::ServeArgs;
 use crate::network::NetworkFactory;
@@ -66,6 +65,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let address = args.validate().map_err(|e| anyhow!(e))?;
+    crate::failpoints::configure_from_env().map_err(|e| anyhow!(e))?;
     let config = Arc::new(raft_config(&args)?);
     crate::memory::tune_allocator();
     if !crate::runtime::lifo_slot_disabled() {
@@ -78,7 +78,7 @@ pub async fn serve(
     let (log_store, state_machine) = storage::open(&args.data_dir).await?;
     log_store.set_node_id(args.id);
     let reader = state_machine.reader();
-    let barrier = restored_leader_barrier(args.id, &log_store).await?;
+    give_up_restored_leadership(args.id, &log_store).await?;
 
     // Bind before starting Raft, so a busy port is reported before anything else happens.
     let listener = TcpListener::bind(args.listen)
@@ -139,7 +139,6 @@ pub async fn serve(
         forwarder.clone(),
         timeout,
         counters,
-        barrier,
     ));
     let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
     tokio::spawn(expiry::run(raft.clone(), reader));
@@ -210,26 +209,24 @@ pub async fn serve(
     Ok(())
 }
 
-/// The read barrier for a node that openraft will restore as leader (see `api::read_index`).
-async fn restored_leader_barrier(
+/// A node that led when it stopped campaigns in a new term instead of resuming the old one
+/// (Log Matching; see `LogStore::give_up_restored_leadership`).
+async fn give_up_restored_leadership(
     id: crate::types::NodeId,
     log_store: &storage::LogStore,
-) -> anyhow::Result<Option<StartupBarrier>> {
-    use openraft::storage::RaftLogStorage;
-    let mut log_store = log_store.clone();
-    let vote = log_store
-        .read_vote()
+) -> anyhow::Result<()> {
+    let term = log_store
+        .clone()
+        .give_up_restored_leadership(id)
         .await
-        .map_err(|e| anyhow!("cannot read the vote: {e}"))?;
-    let state = log_store
-        .get_log_state()
-        .await
-        .map_err(|e| anyhow!("cannot read the log: {e}"))?;
-    Ok(StartupBarrier::for_restored_leader(
-        id,
-        vote.as_ref(),
-        state.last_log_id.map(|l| l.index),
-    ))
+        .map_err(|e| anyhow!("cannot rewrite the saved vote: {e}"))?;
+    if let Some(term) = term {
+        tracing::info!(
+            term,
+            "this node led term {term} when it stopped; it will campaign in a new term"
+        );
+    }
+    Ok(())
 }
 
 /// Initialises the cluster from `--initial-cluster` when this node has never held any Raft

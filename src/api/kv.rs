@@ -17,7 +17,7 @@ use super::forward::{is_forwarded, Forwarder};
 use super::leadership::{leader_replaced, leader_replaced_status};
 use super::limits::Limits;
 use super::proposer::Proposer;
-use super::read_index::{ReadIndex, StartupBarrier};
+use super::read_index::ReadIndex;
 use crate::proto::raft_v1::KvMethod;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_server::{Kv, KvServer};
@@ -43,11 +43,10 @@ impl KvService {
         forwarder: Forwarder,
         timeout: Duration,
         counters: Arc<OpCounters>,
-        barrier: Option<StartupBarrier>,
     ) -> Self {
         Self {
             proposer: Proposer::start(raft.clone()),
-            read_index: ReadIndex::start(raft.clone(), barrier),
+            read_index: ReadIndex::start(raft.clone()),
             raft,
             reader,
             limits,

@@ -93,6 +93,34 @@ impl LogStore {
         let _ = self.own_id.set(id);
     }
 
+    /// Turns a saved committed vote for `own_id` (this node led when it stopped) into the same
+    /// vote uncommitted, durably, and returns the term it led in; leaves any other vote alone.
+    /// Call it before `Raft::new`.
+    ///
+    /// Why: openraft 0.9 restores a node whose saved vote is a committed vote for itself as
+    /// leader of that same term, without a new first entry. A leader acknowledges its own
+    /// appends before they are on its disk (see [`durable`]), so after a crash its log can be
+    /// shorter than what it already sent: resuming the term, it would hand out log ids (term,
+    /// leader, index) that followers hold for other entries, and a follower's conflict check,
+    /// which compares log ids only, would keep its old entry. Log Matching would be gone. An
+    /// uncommitted vote for itself makes the node start as a follower that has voted for itself
+    /// in that term: it grants no other candidate of the term, takes no leader of it (it led
+    /// it), and campaigns in a new term, whose first entry truncates any orphaned tail.
+    pub async fn give_up_restored_leadership(
+        &mut self,
+        own_id: NodeId,
+    ) -> Result<Option<u64>, StorageError> {
+        let Some(vote) = self.read_vote().await? else {
+            return Ok(None);
+        };
+        if !(vote.committed && vote.leader_id.node_id == own_id) {
+            return Ok(None);
+        }
+        let uncommitted = Vote::new(vote.leader_id.term, own_id);
+        self.save_vote(&uncommitted).await?;
+        Ok(Some(vote.leader_id.term))
+    }
+
     /// The durable end of this log, shared with the state machine and the network.
     pub fn durable_index(&self) -> DurableIndex {
         self.durable.clone()
