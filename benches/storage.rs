@@ -63,7 +63,7 @@ fn append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
     let (log, _state_machine) = runtime
-        .block_on(raftkv::storage::open(dir.path()))
+        .block_on(raftkv::storage::open(dir.path(), true))
         .expect("open sled store");
     let mut group = c.benchmark_group("append");
     for batch in [1u64, 64] {

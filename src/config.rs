@@ -42,6 +42,13 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_DATA_DIR")]
     pub data_dir: PathBuf,
 
+    /// Skip the fdatasync after each log, vote and purge flush (etcd's flag). UNSAFE: a killed
+    /// process still loses nothing acknowledged, but after a power loss or kernel crash the node
+    /// may come back without writes it acknowledged, or with an older vote and vote twice in a
+    /// term. For tests and throwaway clusters only.
+    #[arg(long, env = "RAFTKV_UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
+
     /// Members of a new cluster as `id=host:port,…`. A node whose data dir is empty initialises
     /// the cluster with them; a node that already has state ignores this.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]

@@ -1,21 +1,29 @@
-//! TTL expiry. The leader proposes an `Expire` entry whenever some key has expired; applying it
-//! removes every key whose expiry is at or before the entry's stamp, on every replica alike, so
-//! replicas and snapshots agree on what is gone. Reads hide expired keys even before that.
+//! TTL expiry. A key's expiry is decided by time carried in the log: it is gone once an entry
+//! whose leader stamp is at or past its expiry has been applied, and not before, on every replica
+//! alike (reads judge liveness by the map's clock, the highest stamp applied; see
+//! `KvReader::get`). So that a TTL ends close to its time even when nothing else is written, the
+//! leader proposes an `Expire` entry as soon as its own clock passes the earliest expiry;
+//! applying it advances the map's clock to the entry's stamp and removes every key expired by
+//! then.
 
 use std::time::Duration;
 
 use crate::storage::KvReader;
 use crate::types::{now_ms, Command, Proposal, Raft};
 
-/// How often the leader looks for expired keys.
-pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest sleep between looks at the earliest expiry: a key written with a TTL while the task
+/// sleeps is seen within this time.
+pub const EXPIRY_POLL: Duration = Duration::from_millis(100);
 
 /// Runs until Raft shuts down.
 pub async fn run(raft: Raft, reader: KvReader) {
-    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let wait = reader
+            .next_expiry_ms()
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+            .unwrap_or(EXPIRY_POLL)
+            .min(EXPIRY_POLL);
+        tokio::time::sleep(wait).await;
         let (leading, running) = {
             let metrics = raft.metrics();
             let metrics = metrics.borrow();
@@ -37,6 +45,7 @@ pub async fn run(raft: Raft, reader: KvReader) {
         };
         if let Err(e) = raft.client_write(proposal).await {
             tracing::debug!("expiry proposal not committed (will retry): {e}");
+            tokio::time::sleep(EXPIRY_POLL).await;
         }
     }
 }

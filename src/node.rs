@@ -75,7 +75,7 @@ pub async fn serve(
         );
     }
 
-    let (log_store, state_machine) = storage::open(&args.data_dir).await?;
+    let (log_store, state_machine) = storage::open(&args.data_dir, !args.unsafe_no_fsync).await?;
     log_store.set_node_id(args.id);
     let reader = state_machine.reader();
     give_up_restored_leadership(args.id, &log_store).await?;
@@ -93,10 +93,11 @@ pub async fn serve(
         None => None,
     };
 
+    let durable = log_store.durable_index();
     let raft = Raft::new(
         args.id,
         config,
-        NetworkFactory::new(log_store.durable_index()),
+        NetworkFactory::new(durable.clone()),
         log_store,
         state_machine,
     )
@@ -139,6 +140,7 @@ pub async fn serve(
         forwarder.clone(),
         timeout,
         counters,
+        durable.clone(),
     ));
     let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
     tokio::spawn(expiry::run(raft.clone(), reader));
@@ -182,6 +184,7 @@ pub async fn serve(
             address,
             forwarder,
             membership_timeout,
+            durable,
         ))
         .add_service(RaftService::server(raft.clone()))
         .add_service(health_service)

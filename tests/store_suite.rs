@@ -11,7 +11,7 @@ struct SledStoreBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("create a temporary data dir");
-        let (log_store, state_machine) = storage::open(dir.path())
+        let (log_store, state_machine) = storage::open(dir.path(), true)
             .await
             .expect("open a fresh sled store");
         Ok((dir, log_store, state_machine))

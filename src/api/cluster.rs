@@ -19,6 +19,7 @@ use crate::config::parse_host_port;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::{Cluster, ClusterServer};
+use crate::storage::log_store::DurableIndex;
 use crate::types::{Node, NodeId, Raft};
 
 pub struct ClusterService {
@@ -27,6 +28,8 @@ pub struct ClusterService {
     forwarder: Forwarder,
     /// Bound on a membership change; adding a learner waits for it to catch up.
     timeout: Duration,
+    /// Which of this node's log entries are on its disk, for the commit index it reports.
+    durable: DurableIndex,
 }
 
 type Membership = openraft::Membership<NodeId, Node>;
@@ -41,12 +44,14 @@ impl ClusterService {
         address: String,
         forwarder: Forwarder,
         timeout: Duration,
+        durable: DurableIndex,
     ) -> ClusterServer<Self> {
         ClusterServer::new(Self {
             raft,
             address,
             forwarder,
             timeout,
+            durable,
         })
     }
 
@@ -130,7 +135,7 @@ impl Cluster for ClusterService {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let commit_index = super::commit_index(&self.raft).await?;
+        let commit_index = super::commit_index(&self.raft, &self.durable).await?;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let (voters, learners) = members(Some(membership));

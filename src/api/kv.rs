@@ -21,6 +21,7 @@ use super::read_index::ReadIndex;
 use crate::proto::raft_v1::KvMethod;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_server::{Kv, KvServer};
+use crate::storage::log_store::DurableIndex;
 use crate::storage::KvReader;
 use crate::types::{now_ms, BatchOp, CasAction, Command, CommandResult, Expected, PutOp, Raft};
 
@@ -33,6 +34,8 @@ pub struct KvService {
     forwarder: Forwarder,
     timeout: Duration,
     counters: Arc<OpCounters>,
+    /// Which of this node's log entries are on its disk, for the commit index it reports.
+    durable: DurableIndex,
 }
 
 impl KvService {
@@ -43,6 +46,7 @@ impl KvService {
         forwarder: Forwarder,
         timeout: Duration,
         counters: Arc<OpCounters>,
+        durable: DurableIndex,
     ) -> Self {
         Self {
             proposer: Proposer::start(raft.clone()),
@@ -53,7 +57,13 @@ impl KvService {
             forwarder,
             timeout,
             counters,
+            durable,
         }
+    }
+
+    /// Which of this node's log entries are on its disk.
+    pub fn durable(&self) -> &DurableIndex {
+        &self.durable
     }
 
     /// Wraps a shared service for tonic with message limits that admit any valid request.
@@ -205,7 +215,7 @@ impl KvService {
 
     /// This node's counters and Raft state, for the Metrics call (and so the HTTP `/metrics`).
     async fn metrics_report(&self) -> Result<pb::MetricsResponse, Status> {
-        let commit_index = super::commit_index(&self.raft).await?;
+        let commit_index = super::commit_index(&self.raft, &self.durable).await?;
         let (keys, value_bytes) = self.reader.stats();
         let metrics = self.raft.metrics().borrow().clone();
         let is_leader = metrics.current_leader == Some(metrics.id);

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use openraft::error::{CheckIsLeaderError, RaftError};
 
 use super::{Failure, Gateway};
+use crate::storage::log_store::DurableIndex;
 use crate::types::Raft;
 
 /// How long `/health` waits for this node to apply entries already known to be committed.
@@ -27,13 +28,13 @@ const APPLY_GRACE: Duration = Duration::from_secs(1);
 /// quorum, if it is the leader itself) and has applied everything it knows to be committed (so
 /// a stale read here is current); 503 with a one-line reason otherwise.
 pub(super) async fn health(State(gateway): State<Gateway>) -> Response {
-    match readiness(&gateway.raft).await {
+    match readiness(&gateway.raft, gateway.kv.durable()).await {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
         Err(reason) => Failure::new(StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }
 
-async fn readiness(raft: &Raft) -> Result<(), String> {
+async fn readiness(raft: &Raft, durable: &DurableIndex) -> Result<(), String> {
     let (id, leader, is_member) = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
@@ -54,7 +55,7 @@ async fn readiness(raft: &Raft) -> Result<(), String> {
         Some(leader) if leader == id => confirm_leadership(raft).await?,
         Some(_) => {}
     }
-    let committed = crate::api::commit_index(raft)
+    let committed = crate::api::commit_index(raft, durable)
         .await
         .map_err(|status| status.message().to_string())?;
     if committed == 0 {

@@ -73,6 +73,11 @@ impl KvMap {
             .filter(|r| r.is_live(now_ms))
     }
 
+    /// The earliest expiry among the stored keys, if any has a TTL.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.expiry.first().map(|(at, _)| *at)
+    }
+
     /// Whether some key has expired by `now_ms` and awaits an `Expire` entry.
     pub fn has_expired(&self, now_ms: u64) -> bool {
         self.expiry.first().is_some_and(|(at, _)| *at <= now_ms)

@@ -17,12 +17,15 @@ use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::durable::DurableIndex;
 use self::spans::Spans;
 use super::codec;
+use super::disk_sync::DiskSync;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 pub(crate) const META_TREE: &str = "raft_meta";
@@ -47,6 +50,8 @@ enum FlushJob {
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
+    /// Turns each flush into one that survives a power loss (see `disk_sync`).
+    sync: DiskSync,
     log: Arc<Spans>,
     meta: sled::Tree,
     flusher: mpsc::UnboundedSender<FlushJob>,
@@ -60,16 +65,17 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log trees and starts the flusher thread. Everything already in the log counts
     /// as durable.
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub fn open(db: &sled::Db, sync: DiskSync) -> Result<Self, sled::Error> {
         let log = Arc::new(Spans::open(db)?);
         let last_index = log.last()?.map_or(0, |(index, _)| index);
         let durable = DurableIndex::new(last_index);
         let (flusher, pending) = mpsc::unbounded_channel();
         let flush_db = db.clone();
         let flush_durable = durable.clone();
+        let flush_sync = sync.clone();
         std::thread::Builder::new()
             .name("raftkv-log-flush".into())
-            .spawn(move || run_flusher(flush_db, flush_durable, pending))
+            .spawn(move || run_flusher(flush_db, flush_sync, flush_durable, pending))
             .map_err(sled::Error::Io)?;
         let meta = db.open_tree(META_TREE)?;
         let vote = meta
@@ -77,6 +83,7 @@ impl LogStore {
             .and_then(|bytes| codec::decode::<Vote<NodeId>>(&bytes).ok());
         Ok(Self {
             db: db.clone(),
+            sync,
             log,
             meta,
             flusher,
@@ -127,7 +134,10 @@ impl LogStore {
     }
 
     /// Whether `entries` are this node's own new entries as leader: the last saved vote is for
-    /// this node and every entry was created under that vote's leadership. A follower always
+    /// this node and every entry was created under that vote's leadership. A membership change
+    /// is never acknowledged early: openraft starts the next step of a change (and lets the
+    /// next change begin) as soon as it counts the entry committed, which must not rest on a
+    /// copy that a crash of this node would undo. A follower always
     /// saves a vote for its leader before taking the leader's entries, so its appends never
     /// match, not even entries this node created in an earlier term.
     fn own_leader_entries(&self, entries: &[Entry]) -> bool {
@@ -136,9 +146,10 @@ impl LogStore {
         };
         let vote = self.vote.lock().unwrap_or_else(|p| p.into_inner());
         match vote.as_ref() {
-            Some(vote) if vote.leader_id.node_id == *own_id => entries
-                .iter()
-                .all(|entry| entry.log_id.leader_id == vote.leader_id),
+            Some(vote) if vote.leader_id.node_id == *own_id => entries.iter().all(|entry| {
+                entry.log_id.leader_id == vote.leader_id
+                    && !matches!(entry.payload, EntryPayload::Membership(_))
+            }),
             _ => false,
         }
     }
@@ -213,11 +224,20 @@ impl LogStore {
         Ok(())
     }
 
+    /// Flushes sled and makes the flush durable (see `disk_sync`).
     async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+        let fail = |e: String| io_error(subject.clone(), ErrorVerb::Write, e);
         self.db
             .flush_async()
             .await
-            .map_err(|e| io_error(subject, ErrorVerb::Write, e.to_string()))?;
+            .map_err(|e| fail(e.to_string()))?;
+        if self.sync.is_on() {
+            let sync = self.sync.clone();
+            tokio::task::spawn_blocking(move || sync.after_flush())
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(format!("fdatasync: {e}")))?;
+        }
         Ok(())
     }
 
@@ -268,6 +288,7 @@ impl LogStore {
 /// (measured: about 25 context switches per write on the leader), and then hop back to tokio.
 fn run_flusher(
     db: sled::Db,
+    sync: DiskSync,
     durable: DurableIndex,
     mut pending: mpsc::UnboundedReceiver<FlushJob>,
 ) {
@@ -277,7 +298,9 @@ fn run_flusher(
         while let Ok(next) = pending.try_recv() {
             waiting.push(next);
         }
-        let result = db.flush();
+        let result = db
+            .flush()
+            .and_then(|_| sync.after_flush().map_err(sled::Error::Io));
         match &result {
             Ok(_) => {
                 let flushed = waiting.iter().filter_map(|job| match job {
@@ -443,7 +466,7 @@ mod tests {
             .path(dir.path().join("sled"))
             .open()
             .expect("sled");
-        let store = LogStore::open(&db).expect("log store");
+        let store = LogStore::open(&db, DiskSync::off()).expect("log store");
         (dir, store)
     }
 
@@ -468,6 +491,26 @@ mod tests {
             .expect("vote");
         assert!(!store.own_leader_entries(&[blank(5, 2, 7)]), "node 2 leads");
         assert!(!store.own_leader_entries(&own), "following node 2");
+    }
+
+    #[tokio::test]
+    async fn a_membership_change_of_the_leader_waits_for_its_flush() {
+        let (_dir, mut store) = open_store();
+        store.set_node_id(1);
+        store
+            .save_vote(&Vote::new_committed(4, 1))
+            .await
+            .expect("vote");
+        let change = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(4, 1), 6),
+            payload: EntryPayload::Membership(openraft::Membership::new(
+                vec![std::collections::BTreeSet::from([1, 2, 3])],
+                None,
+            )),
+        };
+        assert!(store.own_leader_entries(&[blank(4, 1, 5)]));
+        assert!(!store.own_leader_entries(&[change.clone()]));
+        assert!(!store.own_leader_entries(&[blank(4, 1, 5), change]));
     }
 
     #[tokio::test]

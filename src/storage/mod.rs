@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod disk_sync;
 pub mod kv_map;
 pub mod log_store;
 pub mod state_machine;
@@ -23,6 +24,7 @@ mod test_support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use disk_sync::DiskSync;
 pub use kv_map::ScanPage;
 pub use log_store::LogStore;
 pub use state_machine::{KvReader, StateMachineStore};
@@ -78,7 +80,12 @@ pub enum OpenError {
 ///
 /// Every record the node will need at start (vote, log bounds, snapshot) is decoded here once, so
 /// a damaged directory is reported before Raft starts rather than as a fatal error later.
-pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+///
+/// `fsync`: whether each flush Raft relies on is followed by an `fdatasync` (see [`disk_sync`]).
+pub async fn open(
+    data_dir: &Path,
+    fsync: bool,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
     if data_dir.exists() && !data_dir.is_dir() {
         return Err(OpenError::NotADirectory {
             path: data_dir.to_path_buf(),
@@ -101,7 +108,9 @@ pub async fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), Open
 
     let damaged = damaged_at(&db_path);
     check_format(&db, &db_path)?;
-    let log_store = LogStore::open(&db).map_err(|e| damaged(e.to_string()))?;
+    let sync = DiskSync::for_database(&db_path, fsync)
+        .map_err(|e| damaged(format!("cannot open sled's data file for fdatasync: {e}")))?;
+    let log_store = LogStore::open(&db, sync).map_err(|e| damaged(e.to_string()))?;
     log_store
         .check_readable()
         .map_err(|e| damaged(e.to_string()))?;
@@ -219,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_data_dir_uses_large_segments() {
         let dir = tempfile::tempdir().unwrap();
-        open(dir.path()).await.unwrap();
+        open(dir.path(), true).await.unwrap();
         assert_eq!(segment_size_of(dir.path()), Some(SLED_SEGMENT_BYTES));
     }
 
@@ -236,7 +245,7 @@ mod tests {
             db.flush().unwrap();
         }
         assert_eq!(segment_size_of(dir.path()), Some(512 * 1024));
-        open(dir.path()).await.unwrap();
+        open(dir.path(), true).await.unwrap();
         assert_eq!(segment_size_of(dir.path()), Some(512 * 1024));
     }
 

@@ -62,30 +62,37 @@ pub struct KvReader {
 }
 
 impl KvReader {
-    /// "Now" for a read: this machine's clock, but never behind what the map has applied, so a
-    /// value the cluster already treats as expired is never returned.
-    fn read_clock(state: &KvState) -> u64 {
-        now_ms().max(state.map.clock_ms())
+    /// The clocks of a read: whether a key is live is judged by the map's clock, the highest
+    /// leader stamp applied, so that every replica and every leader agrees on it at each point
+    /// of the log (a leader whose wall clock is behind can never bring back a key that an
+    /// earlier read reported gone); the TTL left is shown against this machine's clock too, so
+    /// that it counts down between writes.
+    fn read_clocks(state: &KvState) -> (u64, u64) {
+        let applied = state.map.clock_ms();
+        (applied, now_ms().max(applied))
     }
 
-    /// The key's live value and the clock used to judge it.
+    /// The key's live value and the clock to show its remaining TTL against.
     pub fn get(&self, key: &str) -> (Option<StoredValue>, u64) {
         let state = read(&self.state);
-        let now = Self::read_clock(&state);
-        (state.map.get(key, now), now)
+        let (applied, shown) = Self::read_clocks(&state);
+        (state.map.get(key, applied), shown)
     }
 
     /// Several keys read under one lock, so they come from the same applied state.
     pub fn get_many(&self, keys: &[String]) -> (Vec<Option<StoredValue>>, u64) {
         let state = read(&self.state);
-        let now = Self::read_clock(&state);
-        (keys.iter().map(|k| state.map.get(k, now)).collect(), now)
+        let (applied, shown) = Self::read_clocks(&state);
+        (
+            keys.iter().map(|k| state.map.get(k, applied)).collect(),
+            shown,
+        )
     }
 
     pub fn scan(&self, start: &str, end: Option<&str>, limit: usize) -> (ScanPage, u64) {
         let state = read(&self.state);
-        let now = Self::read_clock(&state);
-        (state.map.scan(start, end, limit, now), now)
+        let (applied, shown) = Self::read_clocks(&state);
+        (state.map.scan(start, end, limit, applied), shown)
     }
 
     /// Keys stored and bytes of their values.
@@ -97,6 +104,11 @@ impl KvReader {
     /// Whether some key has expired by `now_ms` and should be removed by an `Expire` entry.
     pub fn has_expired(&self, now_ms: u64) -> bool {
         read(&self.state).map.has_expired(now_ms)
+    }
+
+    /// The earliest expiry among the stored keys, if any has a TTL.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        read(&self.state).map.next_expiry_ms()
     }
 }
 

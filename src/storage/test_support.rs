@@ -11,7 +11,7 @@ use super::{
 pub async fn open_when_unlocked(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let start = Instant::now();
     loop {
-        match open(dir).await {
+        match open(dir, true).await {
             Err(OpenError::Locked { .. }) if start.elapsed() < LOCK_RELEASE_WAIT => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

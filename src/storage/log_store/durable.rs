@@ -120,6 +120,23 @@ impl DurableIndex {
         }
     }
 
+    /// The highest index up to `index` that openraft may count as committed without this node
+    /// being the one copy still missing from a majority: `index` itself once every early
+    /// acknowledgement up to it is flushed, otherwise the durable end of the log (after a failed
+    /// flush, `index`: nothing will become durable any more, and openraft stops).
+    pub fn settled_prefix(&self, index: u64) -> u64 {
+        match &*self.progress.borrow() {
+            progress @ Progress::Running { durable, .. } => {
+                if progress.settled_through(index) {
+                    index
+                } else {
+                    (*durable).min(index)
+                }
+            }
+            Progress::Failed(_) => index,
+        }
+    }
+
     /// Waits until no entry up to `index` that was acknowledged early is still unflushed, or
     /// fails with the flush error that makes that impossible.
     pub async fn wait_for(&self, index: u64) -> Result<(), String> {
@@ -185,6 +202,20 @@ mod tests {
         assert_eq!(answer_within_200ms(&durable, 5).await, None);
         durable.truncate_to(4);
         assert_eq!(answer_within_200ms(&durable, 5).await, Some(Ok(())));
+    }
+
+    #[test]
+    fn the_reported_commit_index_stops_at_the_first_unflushed_early_entry() {
+        let durable = DurableIndex::new(3);
+        assert_eq!(durable.settled_prefix(3), 3);
+        durable.acknowledge_early(8);
+        assert_eq!(durable.settled_prefix(3), 3, "3 was on disk before");
+        assert_eq!(durable.settled_prefix(7), 3, "4..=7 unflushed");
+        durable.advance(6);
+        assert_eq!(durable.settled_prefix(7), 6);
+        durable.advance(8);
+        assert_eq!(durable.settled_prefix(7), 7);
+        assert_eq!(durable.settled_prefix(20), 20, "nothing early above 8");
     }
 
     #[tokio::test]

@@ -76,6 +76,9 @@ impl ImageDir {
         }
         db.flush()?;
         drop(db);
+        // sled's flush does not reach the device cache (see `storage::disk_sync`); the manifest
+        // that names this image is written only after this returns.
+        std::fs::File::open(path.join(SLED_DATA_FILE))?.sync_data()?;
         sync_dir(&path)?;
         let blobs = path.join("blobs");
         if blobs.is_dir() {
