@@ -509,7 +509,7 @@ mod tests {
             )),
         };
         assert!(store.own_leader_entries(&[blank(4, 1, 5)]));
-        assert!(!store.own_leader_entries(&[change.clone()]));
+        assert!(!store.own_leader_entries(std::slice::from_ref(&change)));
         assert!(!store.own_leader_entries(&[blank(4, 1, 5), change]));
     }
 
