@@ -16,7 +16,9 @@
 //! - `log-truncate-between-spans`: half way through a truncation that drops several spans;
 //! - `purge-before-remove`: after the purge marker is durable, before entries are removed;
 //! - `snapshot-install-before-manifest`: a received snapshot's image is written, its manifest not
-//!   yet.
+//!   yet;
+//! - `clock-skew-ms`: `return(MS)` shifts this node's wall clock by MS (negative: behind);
+//! - `expiry-skip`: `return` keeps the leader from proposing `Expire` entries.
 
 /// Configures the failpoints named in `RAFTKV_FAILPOINTS`. An error names the bad part; a build
 /// without the `failpoints` feature refuses a non-empty setting rather than ignore it silently.

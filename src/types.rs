@@ -201,9 +201,15 @@ impl CommandResult {
 }
 
 /// Milliseconds since the Unix epoch by this machine's clock (0 if the clock is before 1970).
+/// The failpoint `clock-skew-ms` (`return(-10000)`) shifts it, to test a node whose clock is off.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    fail::fail_point!("clock-skew-ms", |skew: Option<String>| {
+        let skew: i64 = skew.and_then(|s| s.parse().ok()).unwrap_or(0);
+        now.saturating_add_signed(skew)
+    });
+    now
 }

@@ -114,6 +114,8 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     initial_cluster: String,
     extra_args: Vec<String>,
+    /// Environment given to one node's process on every start: (node id, name, value).
+    node_env: Vec<(u64, String, String)>,
 }
 
 impl TestCluster {
@@ -127,7 +129,29 @@ impl TestCluster {
         Self::launch(size, extra_args, true).await
     }
 
+    /// Like [`TestCluster::start`], and node `id` also gets the environment `env(id)` (for
+    /// example `RAFTKV_FAILPOINTS`) on this and every later start.
+    pub async fn start_with_node_env(
+        size: u64,
+        extra_args: &[&str],
+        env: impl Fn(u64) -> Vec<(String, String)>,
+    ) -> Self {
+        let node_env = (1..=size)
+            .flat_map(|id| env(id).into_iter().map(move |(k, v)| (id, k, v)))
+            .collect();
+        Self::launch_with(size, extra_args, false, node_env).await
+    }
+
     async fn launch(size: u64, extra_args: &[&str], http: bool) -> Self {
+        Self::launch_with(size, extra_args, http, Vec::new()).await
+    }
+
+    async fn launch_with(
+        size: u64,
+        extra_args: &[&str],
+        http: bool,
+        node_env: Vec<(u64, String, String)>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let nodes: Vec<TestNode> = (1..=size)
             .map(|id| TestNode {
@@ -150,6 +174,7 @@ impl TestCluster {
             nodes,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            node_env,
         };
         for id in 1..=size {
             cluster.start_node(id);
@@ -183,6 +208,12 @@ impl TestCluster {
             .collect::<Vec<_>>()
             .join(",");
         let extra_args = self.extra_args.clone();
+        let env: Vec<(String, String)> = self
+            .node_env
+            .iter()
+            .filter(|(node, ..)| *node == id)
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = File::options()
@@ -210,12 +241,21 @@ impl TestCluster {
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
             .args(&extra_args)
             .env("RAFTKV_LOG", "info")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
             .expect("spawn raftkv serve");
         node.child = Some(child);
+    }
+
+    /// Sets the environment variable `name` for node `id`'s later starts.
+    pub fn set_node_env(&mut self, id: u64, name: &str, value: &str) {
+        self.node_env
+            .retain(|(node, k, _)| !(*node == id && k == name));
+        self.node_env
+            .push((id, name.to_string(), value.to_string()));
     }
 
     /// Adds and starts a new, empty node that joins the running cluster with `--join`.
