@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 use raftkv::proto::v1::cluster_client::ClusterClient;
 use raftkv::proto::v1::kv_client::KvClient;
 use raftkv::proto::v1::{
-    Consistency, DeleteRequest, GetRequest, GetResponse, PutRequest, StatusRequest, StatusResponse,
+    Consistency, DeleteRequest, GetRequest, GetResponse, PutRequest, ScanRequest, StatusRequest,
+    StatusResponse,
 };
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -30,9 +32,14 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Runs a test body with a hard time bound, so a hung cluster fails the test instead of CI.
 pub async fn bounded<F: Future<Output = ()>>(body: F) {
-    tokio::time::timeout(TEST_TIMEOUT, body)
+    bounded_within(TEST_TIMEOUT, body).await
+}
+
+/// [`bounded`] with a bound of the test's own choosing.
+pub async fn bounded_within<F: Future<Output = ()>>(limit: Duration, body: F) {
+    tokio::time::timeout(limit, body)
         .await
-        .expect("test exceeded its time bound");
+        .unwrap_or_else(|_| panic!("test exceeded its time bound of {limit:?}"));
 }
 
 /// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768-60999 by default).
@@ -114,20 +121,28 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     initial_cluster: String,
     extra_args: Vec<String>,
+    /// Environment variables set for every node process, e.g. `RAFTKV_FAILPOINTS`.
+    extra_env: Vec<(String, String)>,
 }
 
 impl TestCluster {
     /// Starts `size` nodes with `extra_args` added to every `raftkv serve` and waits for a leader.
     pub async fn start(size: u64, extra_args: &[&str]) -> Self {
-        Self::launch(size, extra_args, false).await
+        Self::launch(size, extra_args, &[], false).await
     }
 
     /// Like [`TestCluster::start`], and every node also serves the HTTP gateway on its own port.
     pub async fn start_with_http(size: u64, extra_args: &[&str]) -> Self {
-        Self::launch(size, extra_args, true).await
+        Self::launch(size, extra_args, &[], true).await
     }
 
-    async fn launch(size: u64, extra_args: &[&str], http: bool) -> Self {
+    /// Like [`TestCluster::start`], with `env` set for every node process at every (re)start
+    /// (for example `RAFTKV_FAILPOINTS`, which needs a build with `--features failpoints`).
+    pub async fn start_with_env(size: u64, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(size, extra_args, env, false).await
+    }
+
+    async fn launch(size: u64, extra_args: &[&str], env: &[(&str, &str)], http: bool) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let nodes: Vec<TestNode> = (1..=size)
             .map(|id| TestNode {
@@ -150,6 +165,10 @@ impl TestCluster {
             nodes,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for id in 1..=size {
             cluster.start_node(id);
@@ -183,6 +202,7 @@ impl TestCluster {
             .collect::<Vec<_>>()
             .join(",");
         let extra_args = self.extra_args.clone();
+        let extra_env = self.extra_env.clone();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = File::options()
@@ -210,6 +230,7 @@ impl TestCluster {
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
             .args(&extra_args)
             .env("RAFTKV_LOG", "info")
+            .envs(extra_env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -323,6 +344,40 @@ impl TestCluster {
         };
         let reply = self.kv(id).await?.delete(request).await?.into_inner();
         Ok((reply.deleted, reply.revision))
+    }
+
+    /// Every key of node `id`'s map with its value and revision, read page by page with
+    /// `consistency` (STALE: this node's own copy, whatever it has applied).
+    pub async fn scan_all(
+        &self,
+        id: u64,
+        consistency: Consistency,
+    ) -> Result<BTreeMap<String, (Vec<u8>, u64)>, Status> {
+        let mut client = self.kv(id).await?;
+        let mut map = BTreeMap::new();
+        let mut start = String::new();
+        loop {
+            let request = ScanRequest {
+                start: start.clone(),
+                limit: 10_000,
+                consistency: consistency as i32,
+                ..ScanRequest::default()
+            };
+            let page = client.scan(request).await?.into_inner();
+            for kv in page.kvs {
+                map.insert(kv.key, (kv.value, kv.revision));
+            }
+            if !page.more {
+                return Ok(map);
+            }
+            if page.next_start <= start {
+                return Err(Status::internal(format!(
+                    "scan on node {id} does not advance: next_start {:?} after start {start:?}",
+                    page.next_start
+                )));
+            }
+            start = page.next_start;
+        }
     }
 
     /// A put retried on UNAVAILABLE (no leader yet) until `within` has passed.
