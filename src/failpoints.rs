@@ -4,14 +4,16 @@
 //! They are compiled in only with the `failpoints` cargo feature (tikv/fail-rs); without it every
 //! point is nothing at all. A node reads its configuration at start from `RAFTKV_FAILPOINTS`,
 //! in fail-rs's syntax: `name=action;name=action`, for example
-//! `RAFTKV_FAILPOINTS='leader-flush-before=sleep(200);purge-after-marker=1*off->crash'`.
+//! `RAFTKV_FAILPOINTS='log-flush-before=sleep(150)'`, or `log-flush-before=3*off->crash` to
+//! crash on the fourth pass.
 //! Besides fail-rs's own actions (`sleep(ms)`, `pause`, `panic`, `print`, `off`, counts and
 //! probabilities), a point placed with [`crash_point`] ends the process with SIGKILL when its
 //! action is `return` (spelt `crash` here for readability): no destructor runs and nothing
 //! buffered in the process reaches the disk, exactly as with `kill -9`.
 //!
 //! The names, each documented where it is placed:
-//! - `log-flush-before`: the log flusher, before it flushes a batch of appends;
+//! - `log-flush-before`: the log flusher thread, after a batch of appends is written and before
+//!   sled flushes it (`sleep(ms)` there keeps a leader's own new entries off its disk that long);
 //! - `log-write-between-pieces`: half way through writing the pieces of an append;
 //! - `log-truncate-between-spans`: half way through a truncation that drops several spans;
 //! - `purge-before-remove`: after the purge marker is durable, before entries are removed;

@@ -298,6 +298,13 @@ fn run_flusher(
         while let Ok(next) = pending.try_recv() {
             waiting.push(next);
         }
+        // Failpoint `log-flush-before`: the batch is written, not yet flushed. A delay here
+        // widens the window in which a leader has sent entries that are not on its own disk,
+        // which a crash must not turn into a broken log (DESIGN.md, invariant 1); `crash`
+        // ends the process inside that window.
+        fail::fail_point!("log-flush-before", |_| crate::failpoints::crash_now(
+            "log-flush-before"
+        ));
         let result = db
             .flush()
             .and_then(|_| sync.after_flush().map_err(sled::Error::Io));
@@ -396,8 +403,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Not flushed on its own: the next append's flush persists it. openraft uses it only to
-    /// re-apply sooner after a restart; the read path does not rely on it (see
-    /// `api::read_index` for how a restarted leader keeps linearizable reads correct).
+    /// re-apply sooner after a restart, and it never names an entry missing after a crash: it is
+    /// written after the entries it covers, and sled recovers a prefix of its writes.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
     }
@@ -526,6 +533,77 @@ mod tests {
             .expect("flushed without error");
         let read = store.try_get_log_entries(1..=2).await.expect("read");
         assert_eq!(read.len(), 2);
+    }
+
+    /// Copies a data dir while its store is still open: what a kill -9 at this instant would
+    /// leave on disk (what sled has written, not what it still buffers).
+    fn crash_image(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).expect("image dir");
+        for entry in std::fs::read_dir(from).expect("read data dir") {
+            let entry = entry.expect("dir entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("file type").is_dir() {
+                crash_image(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy data file");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_vote_for_this_node_is_given_up_durably_and_other_votes_are_kept() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let data = dir.path().join("node");
+        let (mut store, _state_machine) = crate::storage::open(&data, true).await.expect("open");
+
+        assert_eq!(
+            store.give_up_restored_leadership(1).await.expect("no vote"),
+            None
+        );
+        assert_eq!(store.read_vote().await.expect("read"), None);
+
+        let untouched = [
+            Vote::new_committed(7, 2), // this node follows node 2
+            Vote::new(7, 2),           // this node voted for node 2
+            Vote::new(7, 1),           // this node campaigned, never led
+        ];
+        for vote in untouched {
+            store.save_vote(&vote).await.expect("save");
+            assert_eq!(
+                store.give_up_restored_leadership(1).await.expect("give up"),
+                None,
+                "{vote:?}"
+            );
+            assert_eq!(store.read_vote().await.expect("read"), Some(vote));
+        }
+
+        store
+            .save_vote(&Vote::new_committed(9, 1))
+            .await
+            .expect("save");
+        assert_eq!(
+            store.give_up_restored_leadership(1).await.expect("give up"),
+            Some(9),
+            "this node led term 9"
+        );
+        let given_up = Vote::new(9, 1);
+        assert!(!given_up.committed);
+        assert_eq!(store.read_vote().await.expect("read"), Some(given_up));
+        assert_eq!(
+            store.give_up_restored_leadership(1).await.expect("again"),
+            None,
+            "an uncommitted vote is left alone, so a second start changes nothing"
+        );
+
+        let image = dir.path().join("image");
+        crash_image(&data, &image);
+        let (mut reopened, _state_machine) =
+            crate::storage::open(&image, true).await.expect("reopen");
+        assert_eq!(
+            reopened.read_vote().await.expect("read after crash"),
+            Some(given_up),
+            "the uncommitted vote is on disk once give_up_restored_leadership returns"
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 use raftkv::proto::v1::cluster_client::ClusterClient;
 use raftkv::proto::v1::kv_client::KvClient;
 use raftkv::proto::v1::{
-    Consistency, DeleteRequest, GetRequest, GetResponse, PutRequest, StatusRequest, StatusResponse,
+    Consistency, DeleteRequest, GetRequest, GetResponse, PutRequest, ScanRequest, StatusRequest,
+    StatusResponse,
 };
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -30,9 +32,14 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Runs a test body with a hard time bound, so a hung cluster fails the test instead of CI.
 pub async fn bounded<F: Future<Output = ()>>(body: F) {
-    tokio::time::timeout(TEST_TIMEOUT, body)
+    bounded_within(TEST_TIMEOUT, body).await
+}
+
+/// [`bounded`] with a bound of the test's own choosing.
+pub async fn bounded_within<F: Future<Output = ()>>(limit: Duration, body: F) {
+    tokio::time::timeout(limit, body)
         .await
-        .expect("test exceeded its time bound");
+        .unwrap_or_else(|_| panic!("test exceeded its time bound of {limit:?}"));
 }
 
 /// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768-60999 by default).
@@ -127,6 +134,16 @@ impl TestCluster {
     /// Like [`TestCluster::start`], and every node also serves the HTTP gateway on its own port.
     pub async fn start_with_http(size: u64, extra_args: &[&str]) -> Self {
         Self::launch(size, extra_args, true).await
+    }
+
+    /// Like [`TestCluster::start`], with `env` set for every node process at every (re)start
+    /// (for example `RAFTKV_FAILPOINTS`, which needs a build with `--features failpoints`).
+    pub async fn start_with_env(size: u64, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_with_node_env(size, extra_args, |_| env.clone()).await
     }
 
     /// Like [`TestCluster::start`], and node `id` also gets the environment `env(id)` (for
@@ -363,6 +380,40 @@ impl TestCluster {
         };
         let reply = self.kv(id).await?.delete(request).await?.into_inner();
         Ok((reply.deleted, reply.revision))
+    }
+
+    /// Every key of node `id`'s map with its value and revision, read page by page with
+    /// `consistency` (STALE: this node's own copy, whatever it has applied).
+    pub async fn scan_all(
+        &self,
+        id: u64,
+        consistency: Consistency,
+    ) -> Result<BTreeMap<String, (Vec<u8>, u64)>, Status> {
+        let mut client = self.kv(id).await?;
+        let mut map = BTreeMap::new();
+        let mut start = String::new();
+        loop {
+            let request = ScanRequest {
+                start: start.clone(),
+                limit: 10_000,
+                consistency: consistency as i32,
+                ..ScanRequest::default()
+            };
+            let page = client.scan(request).await?.into_inner();
+            for kv in page.kvs {
+                map.insert(kv.key, (kv.value, kv.revision));
+            }
+            if !page.more {
+                return Ok(map);
+            }
+            if page.next_start <= start {
+                return Err(Status::internal(format!(
+                    "scan on node {id} does not advance: next_start {:?} after start {start:?}",
+                    page.next_start
+                )));
+            }
+            start = page.next_start;
+        }
     }
 
     /// A put retried on UNAVAILABLE (no leader yet) until `within` has passed.
