@@ -111,6 +111,13 @@ impl Assembler {
             self.next_piece = 1;
         } else {
             match &mut self.current {
+                // Only a piece written as a key, its value not yet, is empty: every piece
+                // after the first holds at least one byte.
+                Some(_) if value.is_empty() => {
+                    return Err(damaged(format!(
+                        "log entry {index} has an empty piece {piece}"
+                    )))
+                }
                 Some((open, _, bytes)) if *open == index && piece == self.next_piece => {
                     bytes.extend_from_slice(value);
                     self.next_piece += 1;
@@ -221,25 +228,36 @@ impl Spans {
         Ok(())
     }
 
-    /// Removes the pieces of a last entry that a crash cut short: its append was never flushed,
-    /// so it was never acknowledged, and openraft sends it again.
+    /// Removes every entry at the end of the log that a crash cut short.
+    ///
+    /// An append writes the keys of all its pieces first, empty, and then fills them in index
+    /// order, and sled recovers a prefix of its writes: a crash part way leaves whole entries,
+    /// then at most one partly filled entry, then entries with empty pieces. None of them was
+    /// flushed, so none was acknowledged (a leader's early acknowledgement is never visible
+    /// before its flush, see `durable`), and the leader sends them again. So the tail is
+    /// removed back to the last whole entry; an entry that is not whole with whole ones after
+    /// it cannot come from a crash and is reported as damage when it is read.
     fn remove_torn_tail(&self) -> Result<(), sled::Error> {
         let trees = self.read();
-        let Some(tree) = trees.values().rev().find(|tree| !tree.is_empty()) else {
-            return Ok(());
-        };
-        let Some(index) = last_index_of(tree)? else {
-            return Ok(());
-        };
-        if let Ok(Some(_)) = read_entry(tree, index) {
-            return Ok(());
+        let mut removed = Vec::new();
+        'trees: for tree in trees.values().rev() {
+            while let Some(index) = last_index_of(tree)? {
+                if let Ok(Some(_)) = read_entry(tree, index) {
+                    break 'trees;
+                }
+                remove_keys(tree, piece_key(index, 0)..=piece_key(index, u32::MAX))?;
+                removed.push(index);
+            }
         }
-        tracing::warn!(
-            index,
-            "removing a log entry cut short by a crash (never acknowledged)"
-        );
-        remove_keys(tree, piece_key(index, 0)..=piece_key(index, u32::MAX))?;
-        tree.flush()?;
+        if let (Some(last), Some(first)) = (removed.first(), removed.last()) {
+            tracing::warn!(
+                first,
+                last,
+                "removed {} log entries cut short by a crash (never acknowledged)",
+                removed.len()
+            );
+            self.db.flush()?;
+        }
         Ok(())
     }
 
@@ -265,7 +283,18 @@ impl Spans {
             }
             placed.push((tree, pieces));
         }
-        for (tree, pieces) in placed {
+        let several = placed.len() > 2;
+        for (written, (tree, pieces)) in placed.into_iter().enumerate() {
+            if written == 1 {
+                // Failpoint `log-write-between-pieces`: one entry of an append of three or more
+                // is whole, the others have empty pieces; `crash` flushes sled first (as its own
+                // background flush may do at any moment) so that this shape is what a restart
+                // finds on disk.
+                fail::fail_point!("log-write-between-pieces", several, |_| {
+                    let _ = self.db.flush();
+                    crate::failpoints::crash_now("log-write-between-pieces")
+                });
+            }
             pieces.write(&tree)?;
         }
         Ok(())
@@ -359,15 +388,29 @@ impl Spans {
         Ok(())
     }
 
-    /// Removes every entry at or above `index`, the same way.
+    /// Removes every entry at or above `index`, the same way, from the end backwards: the
+    /// highest span goes first and the span `index` falls into is trimmed last, so a crash at
+    /// any point leaves the log a contiguous prefix (with a hole, a restart would find entries
+    /// after a gap and refuse to start).
     pub fn remove_from(&self, index: u64) -> Result<(), sled::Error> {
         let mut trees = self.write();
         let whole: Vec<u64> = trees
             .keys()
+            .rev()
             .copied()
-            .filter(|&span| first_index(span) >= index)
+            .take_while(|&span| first_index(span) >= index)
             .collect();
-        self.drop_spans(&mut trees, &whole)?;
+        for (dropped, span) in whole.iter().enumerate() {
+            if dropped == 1 {
+                // Failpoint `log-truncate-between-spans`: one span of a truncation is dropped,
+                // the others not yet; `crash` flushes first so a restart finds this shape.
+                fail::fail_point!("log-truncate-between-spans", |_| {
+                    let _ = self.db.flush();
+                    crate::failpoints::crash_now("log-truncate-between-spans")
+                });
+            }
+            self.drop_spans(&mut trees, std::slice::from_ref(span))?;
+        }
         if let Some(tree) = trees.get(&span_of(index)) {
             remove_keys(tree, piece_key(index, 0)..)?;
         }
@@ -636,6 +679,85 @@ mod tests {
         let spans = Spans::open(&db).unwrap();
         assert_eq!(spans.last().unwrap(), Some((1, pattern(100, 1))));
         assert_eq!(indexes(&spans.range(&(..)).unwrap()), vec![1]);
+    }
+
+    /// Writes the shape a crash half way through one append of `indexes` leaves: every piece
+    /// key present, the first `whole` entries filled, the next one with only its piece 0.
+    fn torn_append(db: &sled::Db, indexes: std::ops::RangeInclusive<u64>, whole: usize) {
+        let spans = Spans::open(db).unwrap();
+        for index in indexes.clone() {
+            let tree = spans.tree_for(span_of(index)).unwrap();
+            for piece in 0..3 {
+                tree.insert(piece_key(index, piece), IVec::default())
+                    .unwrap();
+            }
+        }
+        for (n, index) in indexes.enumerate() {
+            let value = pattern(3 * PIECE_BYTES, index as u8);
+            let pieces = Pieces::new(index, &value).unwrap();
+            let tree = spans.tree_for(span_of(index)).unwrap();
+            if n < whole {
+                pieces.write(&tree).unwrap();
+            } else if n == whole {
+                let mut head = 3u32.to_be_bytes().to_vec();
+                head.extend_from_slice(&value[..PIECE_BYTES]);
+                tree.insert(piece_key(index, 0), head).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn every_entry_of_an_append_cut_short_is_removed_on_open() {
+        for whole in 0..3 {
+            let (_dir, db) = temp_db();
+            drop(filled(&db, 10));
+            torn_append(&db, 10..=14, whole);
+            let spans = Spans::open(&db).expect("a crash's shape opens");
+            let kept: Vec<u64> = (0..10 + whole as u64).collect();
+            assert_eq!(
+                indexes(&spans.range(&(..)).unwrap()),
+                kept,
+                "whole = {whole}"
+            );
+            assert_eq!(spans.last().unwrap().map(|(i, _)| i), kept.last().copied());
+        }
+    }
+
+    #[test]
+    fn a_torn_append_across_a_span_boundary_is_removed_on_open() {
+        let (_dir, db) = temp_db();
+        drop(filled(&db, 60));
+        torn_append(&db, 60..=70, 1);
+        let spans = Spans::open(&db).expect("opens");
+        assert_eq!(spans.last().unwrap().map(|(i, _)| i), Some(60));
+        assert_eq!(
+            indexes(&spans.range(&(55..)).unwrap()),
+            (55..=60).collect::<Vec<_>>()
+        );
+        spans.insert(61, &[1]).unwrap();
+        assert_eq!(spans.last().unwrap().map(|(i, _)| i), Some(61));
+    }
+
+    #[test]
+    fn a_truncation_cut_short_leaves_a_contiguous_prefix() {
+        let scenario = fail::FailScenario::setup();
+        let (_dir, db) = temp_db();
+        let spans = filled(&db, 5 * SPAN);
+        fail::cfg("log-truncate-between-spans", "panic").unwrap();
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            spans.remove_from(SPAN + 10)
+        }));
+        fail::remove("log-truncate-between-spans");
+        scenario.teardown();
+        if cfg!(feature = "failpoints") {
+            assert!(cut.is_err(), "the failpoint interrupted the truncation");
+        }
+        drop(spans);
+        let spans = Spans::open(&db).expect("reopens");
+        let left = indexes(&spans.range(&(..)).unwrap());
+        let last = *left.last().expect("entries left");
+        assert_eq!(left, (0..=last).collect::<Vec<_>>(), "no hole");
+        assert!(last >= SPAN + 9, "nothing below the truncation point went");
     }
 
     #[test]
