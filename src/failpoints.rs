@@ -17,8 +17,9 @@
 //! - `log-write-between-pieces`: half way through writing the pieces of an append;
 //! - `log-truncate-between-spans`: half way through a truncation that drops several spans;
 //! - `purge-before-remove`: after the purge marker is durable, before entries are removed;
-//! - `snapshot-install-before-manifest`: a received snapshot's image is written, its manifest not
-//!   yet;
+//! - `snapshot-install-before-manifest`: a snapshot's image is written, its manifest not yet
+//!   (`sleep` holds an install open while openraft's purge for it runs);
+//! - `snapshot-install-crash`: right after the previous one, for `crash`;
 //! - `clock-skew-ms`: `return(MS)` shifts this node's wall clock by MS (negative: behind);
 //! - `expiry-skip`: `return` keeps the leader from proposing `Expire` entries.
 

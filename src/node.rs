@@ -94,6 +94,7 @@ pub async fn serve(
     };
 
     let durable = log_store.durable_index();
+    let snapshot_mark = log_store.snapshot_mark();
     let raft = Raft::new(
         args.id,
         config,
@@ -186,7 +187,7 @@ pub async fn serve(
             membership_timeout,
             durable,
         ))
-        .add_service(RaftService::server(raft.clone()))
+        .add_service(RaftService::server(raft.clone(), snapshot_mark))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -12,18 +12,22 @@ use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::proto::raft_v1::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::proto::raft_v1::RaftMessage;
 use crate::storage::codec;
+use crate::storage::snapshot_mark::SnapshotMark;
 use crate::types::{Raft, TypeConfig};
 
 pub struct RaftService {
     raft: Raft,
+    /// Told of a snapshot's last chunk before openraft installs it (see `snapshot_mark`).
+    snapshot_mark: SnapshotMark,
     /// The snapshot being received and how many bytes of it have arrived.
     receiving: Mutex<Option<(String, u64)>>,
 }
 
 impl RaftService {
-    pub fn server(raft: Raft) -> RaftServer<Self> {
+    pub fn server(raft: Raft, snapshot_mark: SnapshotMark) -> RaftServer<Self> {
         RaftServer::new(Self {
             raft,
+            snapshot_mark,
             receiving: Mutex::default(),
         })
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -89,6 +93,11 @@ impl RaftRpc for RaftService {
         let (id, offset) = (request.meta.snapshot_id.clone(), request.offset);
         let end = offset.saturating_add(request.data.len() as u64);
         self.check_snapshot_offset(&id, offset)?;
+        if request.done {
+            if let Some(last) = request.meta.last_log_id {
+                self.snapshot_mark.announce_incoming(last.index);
+            }
+        }
         let result = self.raft.install_snapshot(request).await;
         if result.is_ok() {
             let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());

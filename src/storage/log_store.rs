@@ -26,6 +26,7 @@ pub use self::durable::DurableIndex;
 use self::spans::Spans;
 use super::codec;
 use super::disk_sync::DiskSync;
+use super::snapshot_mark::SnapshotMark;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 pub(crate) const META_TREE: &str = "raft_meta";
@@ -58,6 +59,9 @@ pub struct LogStore {
     durable: DurableIndex,
     /// This node's id, once known: only then are its own leader appends recognised.
     own_id: Arc<OnceLock<NodeId>>,
+    /// How far the durable snapshot reaches: a purge waits for an install (see
+    /// `snapshot_mark`).
+    snapshot_mark: SnapshotMark,
     /// The vote last saved, which tells whose entries an append carries.
     vote: Arc<Mutex<Option<Vote<NodeId>>>>,
 }
@@ -89,6 +93,7 @@ impl LogStore {
             flusher,
             durable,
             own_id: Arc::default(),
+            snapshot_mark: SnapshotMark::default(),
             vote: Arc::new(Mutex::new(vote)),
         })
     }
@@ -126,6 +131,12 @@ impl LogStore {
         let uncommitted = Vote::new(vote.leader_id.term, own_id);
         self.save_vote(&uncommitted).await?;
         Ok(Some(vote.leader_id.term))
+    }
+
+    /// How far the durable snapshot reaches, shared with the snapshot store and the service
+    /// that receives snapshots.
+    pub fn snapshot_mark(&self) -> SnapshotMark {
+        self.snapshot_mark.clone()
     }
 
     /// The durable end of this log, shared with the state machine and the network.
@@ -182,6 +193,13 @@ impl LogStore {
             .send(FlushJob::Barrier(done))
             .map_err(|_| stopped())?;
         finished.await.map_err(|_| stopped())
+    }
+
+    /// Index of the last purged entry, if any was purged.
+    pub fn last_purged_index(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self
+            .read_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Store)?
+            .map(|id| id.index))
     }
 
     /// Decodes the records read at start-up, so damage is reported before Raft starts.
@@ -443,11 +461,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Waits first until a snapshot being installed that covers `log_id` is on disk (openraft
+    /// asks for this purge before the install is done; see `snapshot_mark`).
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.snapshot_mark.wait_before_purge(log_id.index).await;
         // The marker must be durable before entries disappear, or a crash in between would
         // leave a log whose start is unknown.
         self.write_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Store)?;
         self.flush(ErrorSubject::Store).await?;
+        // Failpoint `purge-before-remove`: the marker is on disk, the entries not yet removed.
+        crate::failpoints::crash_point("purge-before-remove");
         self.log.remove_through(log_id.index).map_err(write_logs)
     }
 }

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod disk_sync;
 pub mod kv_map;
 pub mod log_store;
+pub mod snapshot_mark;
 pub mod state_machine;
 #[cfg(test)]
 mod test_support;
@@ -114,11 +115,37 @@ pub async fn open(
     log_store
         .check_readable()
         .map_err(|e| damaged(e.to_string()))?;
-    let state_machine =
-        StateMachineStore::open(&db, data_dir.join(SNAPSHOT_DIR), log_store.durable_index())
-            .map_err(|e| damaged(e.to_string()))?;
+    let state_machine = StateMachineStore::open(
+        &db,
+        data_dir.join(SNAPSHOT_DIR),
+        log_store.durable_index(),
+        log_store.snapshot_mark(),
+    )
+    .map_err(|e| damaged(e.to_string()))?;
+    check_purge_behind_snapshot(&log_store, &state_machine).map_err(damaged)?;
     mark_format(&db, &db_path)?;
     Ok((log_store, state_machine))
+}
+
+/// A log purged past the latest snapshot has lost the entries in between: nothing on this node
+/// can rebuild the map, so say so instead of starting from a wrong one.
+fn check_purge_behind_snapshot(
+    log_store: &LogStore,
+    state_machine: &StateMachineStore,
+) -> Result<(), String> {
+    let purged = log_store.last_purged_index().map_err(|e| e.to_string())?;
+    let covered = state_machine.snapshot_last_index();
+    match purged {
+        Some(purged) if covered.is_none_or(|covered| covered < purged) => Err(format!(
+            "the log was purged through index {purged}, but {}; the entries in between are \
+             gone from this node. Wipe its data dir and add it again (raftkv cluster remove, \
+             then serve --join) to copy them from its peers",
+            covered.map_or("there is no snapshot".to_string(), |c| format!(
+                "the latest snapshot covers only up to index {c}"
+            ))
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The segment size to open `db_path` with: sled refuses to reopen a database with a segment size

@@ -28,6 +28,7 @@ use self::snapshot_store::SnapshotStore;
 pub use self::snapshot_store::{StoredSnapshot, CHUNK_BYTES};
 use super::kv_map::{KvMap, ScanPage};
 use super::log_store::DurableIndex;
+use super::snapshot_mark::SnapshotMark;
 use crate::memory::release_free_memory;
 use crate::types::{
     now_ms, CommandResult, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, StoredValue,
@@ -123,13 +124,14 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     /// Opens the snapshot store (manifest in `db`, images under `images`) and loads the latest
-    /// snapshot, if any, into the map.
+    /// snapshot, if any, into the map. `mark` learns how far the durable snapshot reaches.
     pub fn open(
         db: &sled::Db,
         images: PathBuf,
         durable: DurableIndex,
+        mark: SnapshotMark,
     ) -> Result<Self, StorageError> {
-        let snapshots = Arc::new(SnapshotStore::open(db, images)?);
+        let snapshots = Arc::new(SnapshotStore::open(db, images, mark)?);
         let store = Self {
             state: Shared::default(),
             snapshots,
@@ -144,6 +146,11 @@ impl StateMachineStore {
             release_free_memory();
         }
         Ok(store)
+    }
+
+    /// The last log index the map covers (after `open`: the loaded snapshot's).
+    pub fn snapshot_last_index(&self) -> Option<u64> {
+        read(&self.state).last_applied.map(|id| id.index)
     }
 
     pub fn reader(&self) -> KvReader {

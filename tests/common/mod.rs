@@ -300,6 +300,21 @@ impl TestCluster {
         }
     }
 
+    /// Whether node `id`'s process ended by itself (it is still counted as started).
+    pub fn has_exited(&mut self, id: u64) -> bool {
+        matches!(
+            self.node_mut(id).child.as_mut().map(Child::try_wait),
+            Some(Ok(Some(_)))
+        )
+    }
+
+    /// Forgets the process of a node that ended by itself, so that it can be started again.
+    pub fn forget_exited(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.wait();
+        }
+    }
+
     /// SIGSTOP: the process keeps its sockets open but answers nothing, as a node cut off the
     /// network does from its peers' side. Undo with [`TestCluster::resume`]; a paused node is
     /// still killed on drop.

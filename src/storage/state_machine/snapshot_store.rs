@@ -28,6 +28,7 @@ use super::super::codec;
 use super::super::kv_map::KvMap;
 use super::image_db::ImageDir;
 pub use super::image_db::CHUNK_BYTES;
+use crate::storage::snapshot_mark::SnapshotMark;
 use crate::types::{SnapshotMeta, StorageError};
 
 const MANIFEST_TREE: &str = "snapshot";
@@ -64,6 +65,9 @@ pub struct SnapshotStore {
     /// not interleave, a read must not see its image deleted under it, and an image database
     /// can be open only once at a time.
     lock: Mutex<()>,
+    /// Told of each manifest once it is on disk, so purges wait for installs (see
+    /// `snapshot_mark`).
+    mark: SnapshotMark,
 }
 
 fn read_error(e: impl ToString) -> StorageError {
@@ -102,16 +106,21 @@ pub(super) fn encoded_manifest(meta: &SnapshotMeta, generation: u64, chunks: &[&
 impl SnapshotStore {
     /// Opens the manifest tree of `db` and the image directory `images`, converts a snapshot
     /// left by an older layout and deletes images no manifest names.
-    pub fn open(db: &sled::Db, images: PathBuf) -> Result<Self, StorageError> {
+    pub fn open(db: &sled::Db, images: PathBuf, mark: SnapshotMark) -> Result<Self, StorageError> {
         let store = SnapshotStore {
             manifests: db.open_tree(MANIFEST_TREE).map_err(read_error)?,
             images: ImageDir::new(images),
             lock: Mutex::new(()),
+            mark,
         };
         store.convert_one_value()?;
         store.convert_chunk_tree(db)?;
         // No lock: nothing else uses the store before `open` returns.
-        let current = store.manifest()?.map(|m| m.generation);
+        let current = store.manifest()?;
+        if let Some(index) = current.as_ref().and_then(|m| m.meta.last_log_id) {
+            store.mark.record_durable(index.index);
+        }
+        let current = current.map(|m| m.generation);
         store.images.remove_except(current).map_err(read_error)?;
         Ok(store)
     }
@@ -211,6 +220,11 @@ impl SnapshotStore {
                 chunk_key(generation, index)
             })
             .map_err(|e| write_error(meta, e))?;
+        // Failpoints: the image is on disk, its manifest not yet. `sleep` here holds an install
+        // open while openraft's purge for it runs; `snapshot-install-crash` then ends the process
+        // inside the window.
+        fail::fail_point!("snapshot-install-before-manifest");
+        crate::failpoints::crash_point("snapshot-install-crash");
         self.commit(&Manifest {
             meta: meta.clone(),
             generation,
@@ -233,6 +247,9 @@ impl SnapshotStore {
         batch.remove(KEY_LEGACY);
         self.manifests.apply_batch(batch).map_err(|e| fail(&e))?;
         self.manifests.flush().map_err(|e| fail(&e))?;
+        if let Some(last) = manifest.meta.last_log_id {
+            self.mark.record_durable(last.index);
+        }
         Ok(())
     }
 

@@ -679,8 +679,13 @@ async fn entries_acknowledged_early_are_applied_only_once_flushed() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db = raw_db(dir.path());
     let durable = log_store::DurableIndex::new(0);
-    let mut sm = StateMachineStore::open(&db, dir.path().join(SNAPSHOT_DIR), durable.clone())
-        .expect("state machine");
+    let mut sm = StateMachineStore::open(
+        &db,
+        dir.path().join(SNAPSHOT_DIR),
+        durable.clone(),
+        Default::default(),
+    )
+    .expect("state machine");
     durable.acknowledge_early(3);
     let reader = sm.reader();
     let apply = tokio::spawn(async move {
