@@ -283,6 +283,7 @@ impl Spans {
             }
             placed.push((tree, pieces));
         }
+        #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
         let several = placed.len() > 2;
         for (written, (tree, pieces)) in placed.into_iter().enumerate() {
             if written == 1 {
