@@ -14,6 +14,7 @@
 //! leadership for linearizable reads.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,15 +66,19 @@ struct Peer {
 pub struct NetworkFactory {
     peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
     durable: DurableIndex,
+    /// Source address of peer connections (see [`source_ip`]).
+    source: Option<IpAddr>,
 }
 
 impl NetworkFactory {
     /// A factory whose AppendEntries tell followers only commit indexes up to which this
-    /// node's log is on disk (see [`CommitGate`]).
-    pub fn new(durable: DurableIndex) -> Self {
+    /// node's log is on disk (see [`CommitGate`]), and whose connections leave from `source`
+    /// (see [`source_ip`]).
+    pub fn new(durable: DurableIndex, source: Option<IpAddr>) -> Self {
         Self {
             peers: Arc::default(),
             durable,
+            source,
         }
     }
 
@@ -86,7 +91,7 @@ impl NetworkFactory {
         }
         let peer = Peer {
             address: address.to_string(),
-            channel: lazy_channel(address),
+            channel: lazy_channel(address, self.source),
             reachable: Arc::new(AtomicBool::new(true)),
         };
         peers.insert(target, peer.clone());
@@ -94,11 +99,27 @@ impl NetworkFactory {
     }
 }
 
-/// A channel that connects on first use and reconnects by itself after failures.
-pub fn lazy_channel(address: &str) -> Result<Channel, String> {
+/// The source address for this node's outgoing peer and forwarding connections: the IP that
+/// `--listen` names, or `None` (the kernel picks) when it listens on every address.
+///
+/// Without it, a node listening on 127.0.0.2 connects to its peers from 127.0.0.1, as every
+/// other node does, and a firewall rule cannot tell which node a packet comes from: the
+/// partition tests (tests/linearizability.rs) give each node its own loopback address and cut
+/// the traffic between two of them by source and destination. On a host with several
+/// interfaces it also makes peers see the address the node is known by. The flip side: a node
+/// bound to one address must reach its peers from there; when they are reachable only through
+/// another interface, listen on 0.0.0.0 (as the Docker setup does).
+pub fn source_ip(listen: SocketAddr) -> Option<IpAddr> {
+    Some(listen.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+/// A channel that connects on first use and reconnects by itself after failures; its
+/// connections leave from `source` when given (see [`source_ip`]).
+pub fn lazy_channel(address: &str, source: Option<IpAddr>) -> Result<Channel, String> {
     Endpoint::from_shared(format!("http://{address}"))
         .map(|endpoint| {
             endpoint
+                .local_address(source)
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
@@ -366,5 +387,14 @@ mod tests {
             "one oversized entry still goes"
         );
         assert_eq!(entries_within_budget(&[], 10), 0);
+    }
+
+    #[test]
+    fn peer_connections_leave_from_the_listen_ip_unless_it_is_a_wildcard() {
+        let source = |listen: &str| source_ip(listen.parse().expect("socket address"));
+        assert_eq!(source("127.0.0.3:7001"), "127.0.0.3".parse().ok());
+        assert_eq!(source("[::1]:7001"), "::1".parse().ok());
+        assert_eq!(source("0.0.0.0:7001"), None);
+        assert_eq!(source("[::]:7001"), None);
     }
 }

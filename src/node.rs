@@ -17,7 +17,7 @@ use crate::api::counters::OpCounters;
 use crate::api::forward::Forwarder;
 use crate::api::{ClusterService, KvService, Limits};
 use crate::config::ServeArgs;
-use crate::network::NetworkFactory;
+use crate::network::{source_ip, NetworkFactory};
 use crate::proto::v1::kv_server::KvServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::raft_service::RaftService;
@@ -98,7 +98,7 @@ pub async fn serve(
     let raft = Raft::new(
         args.id,
         config,
-        NetworkFactory::new(durable.clone()),
+        NetworkFactory::new(durable.clone(), source_ip(args.listen)),
         log_store,
         state_machine,
     )
@@ -120,7 +120,12 @@ pub async fn serve(
         max_value_bytes: args.max_value_bytes,
     };
     let timeout = Duration::from_millis(args.request_timeout_ms);
-    let forwarder = Forwarder::new(args.id, limits.grpc_message_limit(), timeout);
+    let forwarder = Forwarder::new(
+        args.id,
+        limits.grpc_message_limit(),
+        timeout,
+        source_ip(args.listen),
+    );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -172,6 +177,7 @@ pub async fn serve(
             args.id,
             address.clone(),
             args.join.clone(),
+            source_ip(args.listen),
         ));
     }
 
@@ -312,6 +318,7 @@ async fn join_cluster(
     id: crate::types::NodeId,
     address: String,
     endpoints: Vec<String>,
+    source: Option<std::net::IpAddr>,
 ) {
     use crate::proto::v1::cluster_client::ClusterClient;
     use crate::proto::v1::{AddLearnerRequest, PromoteRequest};
@@ -333,7 +340,7 @@ async fn join_cluster(
     let mut step_done = false;
     loop {
         for endpoint in &endpoints {
-            let Ok(channel) = crate::network::lazy_channel(endpoint) else {
+            let Ok(channel) = crate::network::lazy_channel(endpoint, source) else {
                 tracing::error!(endpoint, "--join: not a host:port address");
                 continue;
             };

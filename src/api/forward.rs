@@ -12,6 +12,7 @@
 //! answers can be large, still go one RPC each.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,16 +53,24 @@ pub struct Forwarder {
     own_id: NodeId,
     message_limit: usize,
     timeout: Duration,
+    /// Source address of connections to leaders (see [`crate::network::source_ip`]).
+    source: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>>,
 }
 
 impl Forwarder {
-    pub fn new(own_id: NodeId, message_limit: usize, timeout: Duration) -> Self {
+    pub fn new(
+        own_id: NodeId,
+        message_limit: usize,
+        timeout: Duration,
+        source: Option<IpAddr>,
+    ) -> Self {
         Self {
             own_id,
             message_limit,
             timeout,
+            source,
             channels: Arc::default(),
             queues: Arc::default(),
         }
@@ -111,7 +120,7 @@ impl Forwarder {
         match channels.get(address) {
             Some(channel) => Ok(channel.clone()),
             None => {
-                let channel = lazy_channel(address).map_err(Status::unavailable)?;
+                let channel = lazy_channel(address, self.source).map_err(Status::unavailable)?;
                 channels.insert(address.to_string(), channel.clone());
                 Ok(channel)
             }

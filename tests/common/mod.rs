@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,6 +52,11 @@ const TEST_PORTS: std::ops::Range<u16> = 12_000..32_000;
 /// node binds it right after). Successive calls in one test process walk the range from a start
 /// that depends on the process id, so parallel tests and test binaries do not race for one port.
 pub fn free_port() -> u16 {
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+/// Like [`free_port`], for a port free on `ip` (a loopback address) and on 127.0.0.1 both.
+pub fn free_port_on(ip: Ipv4Addr) -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
     let _ = NEXT.compare_exchange(
@@ -63,7 +68,9 @@ pub fn free_port() -> u16 {
     for _ in 0..span {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
         let port = TEST_PORTS.start + offset as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind((ip, port)).is_ok()
+            && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        {
             return port;
         }
     }
@@ -114,6 +121,49 @@ impl TestNode {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// The loopback IP this node listens on.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.address
+            .rsplit_once(':')
+            .and_then(|(ip, _)| ip.parse().ok())
+            .expect("node address is ip:port")
+    }
+}
+
+/// How [`TestCluster::start_with`] starts its nodes.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Every node also serves the HTTP gateway on its own port.
+    pub http: bool,
+    /// Node `i` listens on 127.0.0.`i+1` instead of 127.0.0.1, so that a firewall rule can cut
+    /// the traffic between two nodes by address (its peer connections leave from that address).
+    pub own_ips: bool,
+    /// `--election-timeout-ms` of every node (heartbeat 100 ms).
+    pub election_timeout_ms: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            http: false,
+            own_ips: false,
+            election_timeout_ms: 1000,
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// The address node `id` listens on.
+    fn address(&self, id: u64) -> String {
+        let ip = if self.own_ips {
+            let last = u8::try_from(id + 1).expect("at most 254 nodes with own IPs");
+            Ipv4Addr::new(127, 0, 0, last)
+        } else {
+            Ipv4Addr::LOCALHOST
+        };
+        format!("{ip}:{}", free_port_on(ip))
+    }
 }
 
 pub struct TestCluster {
@@ -123,17 +173,22 @@ pub struct TestCluster {
     extra_args: Vec<String>,
     /// Environment given to one node's process on every start: (node id, name, value).
     node_env: Vec<(u64, String, String)>,
+    options: ClusterOptions,
 }
 
 impl TestCluster {
     /// Starts `size` nodes with `extra_args` added to every `raftkv serve` and waits for a leader.
     pub async fn start(size: u64, extra_args: &[&str]) -> Self {
-        Self::launch(size, extra_args, false).await
+        Self::start_with(size, extra_args, ClusterOptions::default()).await
     }
 
     /// Like [`TestCluster::start`], and every node also serves the HTTP gateway on its own port.
     pub async fn start_with_http(size: u64, extra_args: &[&str]) -> Self {
-        Self::launch(size, extra_args, true).await
+        let options = ClusterOptions {
+            http: true,
+            ..ClusterOptions::default()
+        };
+        Self::start_with(size, extra_args, options).await
     }
 
     /// Like [`TestCluster::start`], with `env` set for every node process at every (re)start
@@ -156,24 +211,26 @@ impl TestCluster {
         let node_env = (1..=size)
             .flat_map(|id| env(id).into_iter().map(move |(k, v)| (id, k, v)))
             .collect();
-        Self::launch_with(size, extra_args, false, node_env).await
+        Self::launch_with(size, extra_args, ClusterOptions::default(), node_env).await
     }
 
-    async fn launch(size: u64, extra_args: &[&str], http: bool) -> Self {
-        Self::launch_with(size, extra_args, http, Vec::new()).await
+    /// Like [`TestCluster::start`], with the given [`ClusterOptions`].
+    pub async fn start_with(size: u64, extra_args: &[&str], options: ClusterOptions) -> Self {
+        Self::launch_with(size, extra_args, options, Vec::new()).await
     }
 
     async fn launch_with(
         size: u64,
         extra_args: &[&str],
-        http: bool,
+        options: ClusterOptions,
         node_env: Vec<(u64, String, String)>,
     ) -> Self {
+        let http = options.http;
         let dir = tempfile::tempdir().expect("temporary directory");
         let nodes: Vec<TestNode> = (1..=size)
             .map(|id| TestNode {
                 id,
-                address: format!("127.0.0.1:{}", free_port()),
+                address: options.address(id),
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
                 joins: false,
@@ -192,6 +249,7 @@ impl TestCluster {
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_env,
+            options,
         };
         for id in 1..=size {
             cluster.start_node(id);
@@ -231,6 +289,7 @@ impl TestCluster {
             .filter(|(node, ..)| *node == id)
             .map(|(_, k, v)| (k.clone(), v.clone()))
             .collect();
+        let election_timeout_ms = self.options.election_timeout_ms.to_string();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = File::options()
@@ -255,7 +314,8 @@ impl TestCluster {
                     .iter()
                     .flat_map(|http| ["--http-listen", http.as_str()]),
             )
-            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
+            .args(["--heartbeat-ms", "100"])
+            .args(["--election-timeout-ms", &election_timeout_ms])
             .args(&extra_args)
             .env("RAFTKV_LOG", "info")
             .envs(env)
@@ -280,7 +340,7 @@ impl TestCluster {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         self.nodes.push(TestNode {
             id,
-            address: format!("127.0.0.1:{}", free_port()),
+            address: self.options.address(id),
             data_dir: self.dir.path().join(format!("node{id}")),
             log: self.dir.path().join(format!("node{id}.log")),
             joins: true,
@@ -289,6 +349,13 @@ impl TestCluster {
         });
         self.start_node(id);
         id
+    }
+
+    /// The exit status of node `id` if its process ended by itself (a crash, a port it could not
+    /// bind) while the test thought it running.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let child = self.node_mut(id).child.as_mut()?;
+        child.try_wait().ok().flatten()
     }
 
     /// SIGKILL: the process gets no chance to flush or say goodbye.
