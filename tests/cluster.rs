@@ -299,16 +299,21 @@ async fn restarting_all_three_nodes_keeps_all_data() {
             cluster.start_node(id);
         }
         cluster.wait_for_leader(Duration::from_secs(30)).await;
+        // Every node campaigns after a full restart (none resumes a term), so leadership may
+        // still move once: reads retry UNAVAILABLE, as a client would.
         for id in 1..=3 {
             for (key, revision) in &revisions {
                 let read = cluster
-                    .get(id, key, LINEAR)
+                    .get_retrying(id, key, LINEAR, Duration::from_secs(20))
                     .await
                     .unwrap_or_else(|e| panic!("{key} on node {id}: {e}"));
                 assert_eq!(read.value, key.as_bytes());
                 assert_eq!(read.revision, *revision, "{key} keeps its revision");
             }
-            let err = cluster.get(id, "durable-00", LINEAR).await.unwrap_err();
+            let err = cluster
+                .get_retrying(id, "durable-00", LINEAR, Duration::from_secs(20))
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), Code::NotFound, "a delete survives restarts too");
         }
     })

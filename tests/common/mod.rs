@@ -512,6 +512,25 @@ impl TestCluster {
         }
     }
 
+    /// A get retried on UNAVAILABLE (an election in progress) until `within` has passed.
+    pub async fn get_retrying(
+        &self,
+        id: u64,
+        key: &str,
+        consistency: Consistency,
+        within: Duration,
+    ) -> Result<GetResponse, Status> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.get(id, key, consistency).await {
+                Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Waits until a running node names a leader that every running node agrees on.
     pub async fn wait_for_leader(&self, within: Duration) -> u64 {
         let deadline = Instant::now() + within;
