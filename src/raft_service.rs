@@ -35,6 +35,10 @@ impl RaftService {
     }
 }
 
+/// Largest snapshot image accepted from a peer: what the codec decodes at most, so a larger
+/// image could never be installed, and a peer cannot make the receive buffer grow past it.
+const MAX_SNAPSHOT_BYTES: u64 = 1 << 32;
+
 impl RaftService {
     /// Refuses a chunk that would leave a gap in the snapshot being received.
     ///
@@ -93,6 +97,12 @@ impl RaftRpc for RaftService {
         let (id, offset) = (request.meta.snapshot_id.clone(), request.offset);
         let end = offset.saturating_add(request.data.len() as u64);
         self.check_snapshot_offset(&id, offset)?;
+        if end > MAX_SNAPSHOT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "snapshot {id}: chunk ends at byte {end}, past the largest snapshot accepted \
+                 ({MAX_SNAPSHOT_BYTES} bytes)"
+            )));
+        }
         if request.done {
             if let Some(last) = request.meta.last_log_id {
                 self.snapshot_mark.announce_incoming(last.index);
