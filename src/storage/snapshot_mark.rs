@@ -35,21 +35,21 @@ pub struct SnapshotMark {
 impl SnapshotMark {
     /// Records that the snapshot through `index` has its manifest on disk.
     pub fn record_durable(&self, index: u64) {
-        self.reach.send_if_modified(|reach| {
-            let moved = reach.durable < Some(index);
-            if moved {
-                reach.durable = Some(index);
-            }
-            moved
-        });
+        self.raise(index, |reach| &mut reach.durable);
     }
 
     /// Records that a snapshot through `index` has fully arrived and is about to be installed.
     pub fn announce_incoming(&self, index: u64) {
+        self.raise(index, |reach| &mut reach.incoming);
+    }
+
+    /// Moves one bound of the reach up to `index`; never down.
+    fn raise(&self, index: u64, bound: fn(&mut Reach) -> &mut Option<u64>) {
         self.reach.send_if_modified(|reach| {
-            let moved = reach.incoming < Some(index);
+            let bound = bound(reach);
+            let moved = *bound < Some(index);
             if moved {
-                reach.incoming = Some(index);
+                *bound = Some(index);
             }
             moved
         });
