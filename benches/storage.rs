@@ -5,8 +5,9 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
+use raftkv::raft::Entry;
 use raftkv::storage::kv_map::KvMap;
-use raftkv::types::{Command, Entry, Proposal, PutOp};
+use raftkv::types::{Command, Proposal, PutOp};
 
 const VALUE_BYTES: usize = 256;
 

@@ -4,8 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use raftkv::cli::client::CliError;
-use raftkv::cli::{commands, exit, playground, Cli, Command};
+use raftkv::cli::{exit, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 /// Default log filter of `raftkv serve`. openraft reports every failed heartbeat to an
@@ -26,42 +25,6 @@ fn init_logging(default: &str) {
         .init();
 }
 
-/// Resolves on SIGINT or SIGTERM: how a node is asked to stop.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
-    }
-    tracing::info!("stop signal received");
-}
-
-async fn run(command: Command) -> Result<(), CliError> {
-    match command {
-        Command::Serve(args) => raftkv::node::serve(args, shutdown_signal())
-            .await
-            .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("{e:#}"))),
-        Command::Playground(args) => playground::run(args).await,
-        Command::Put(args) => commands::put(args).await,
-        Command::Get(args) => commands::get(args).await,
-        Command::Del(args) => commands::del(args).await,
-        Command::Scan(args) => commands::scan(args).await,
-        Command::Cas(args) => commands::cas(args).await,
-        Command::Metrics(args) => commands::metrics(args).await,
-        Command::Cluster(command) => commands::cluster(command).await,
-        Command::Status(args) => commands::status(args).await,
-        Command::Health(args) => commands::health(args).await,
-        Command::Bench(args) => raftkv::bench::run(args).await,
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
@@ -71,14 +34,14 @@ fn main() -> ExitCode {
         Command::Serve(args) => Some(args.worker_threads),
         _ => None,
     };
-    let runtime = match raftkv::runtime::build(workers) {
+    let runtime = match raftkv::server::runtime::build(workers) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(exit::UNAVAILABLE);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(raftkv::cli::run(cli.command)) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("error: {}", e.message);

@@ -1,31 +1,8 @@
-//! The Raft type configuration and the commands replicated through the log.
-
-use std::io::Cursor;
+//! What the Raft log carries: the commands clients propose, what applying them returns, and
+//! the values the state machine holds. The Raft type configuration that names these is in
+//! [`crate::raft`].
 
 use serde::{Deserialize, Serialize};
-
-/// Node ids are chosen by the operator (`--id`); 0 is reserved to mean "no node".
-pub type NodeId = u64;
-
-/// A cluster member as openraft stores it in membership entries: its gRPC address.
-pub type Node = openraft::BasicNode;
-
-openraft::declare_raft_types!(
-    /// openraft types for raftkv: commands in, command results out, snapshots in memory.
-    pub TypeConfig:
-        D = Proposal,
-        R = CommandResult,
-        NodeId = NodeId,
-        Node = Node,
-        SnapshotData = Cursor<Vec<u8>>,
-);
-
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 
 /// What a log entry carries: a command and the proposing leader's clock.
 ///

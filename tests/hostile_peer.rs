@@ -11,8 +11,8 @@ use openraft::{SnapshotMeta, Vote};
 use raftkv::proto::raft_v1::raft_client::RaftClient;
 use raftkv::proto::raft_v1::RaftMessage;
 use raftkv::proto::v1::Consistency;
-use raftkv::storage::codec;
-use raftkv::types::TypeConfig;
+use raftkv::raft::codec;
+use raftkv::raft::TypeConfig;
 use tonic::Code;
 
 fn chunk(vote: Vote<u64>, offset: u64, data: Vec<u8>) -> RaftMessage {

@@ -2,8 +2,8 @@
 //! on a fresh real sled directory.
 
 use openraft::testing::{StoreBuilder, Suite};
+use raftkv::raft::{StorageError, TypeConfig};
 use raftkv::storage::{self, LogStore, StateMachineStore};
-use raftkv::types::{StorageError, TypeConfig};
 use tempfile::TempDir;
 
 struct SledStoreBuilder;

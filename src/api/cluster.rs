@@ -13,14 +13,14 @@ use openraft::ChangeMembers;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::errors::{write_error, Redirect};
-use super::forward::{is_forwarded, Forwarder};
-use crate::config::parse_host_port;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::{Cluster, ClusterServer};
+use crate::raft::{Node, NodeId, Raft};
+use crate::replica::errors::{write_error, Redirect};
+use crate::replica::forward::{is_forwarded, Forwarder};
 use crate::storage::log_store::DurableIndex;
-use crate::types::{Node, NodeId, Raft};
+use crate::transport::parse_host_port;
 
 pub struct ClusterService {
     raft: Raft,
@@ -34,7 +34,7 @@ pub struct ClusterService {
 
 type Membership = openraft::Membership<NodeId, Node>;
 type ChangeResult = Result<
-    openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+    openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
     RaftError<NodeId, ClientWriteError<NodeId, Node>>,
 >;
 
@@ -135,7 +135,7 @@ impl Cluster for ClusterService {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let commit_index = super::commit_index(&self.raft, &self.durable).await?;
+        let commit_index = crate::replica::commit_index(&self.raft, &self.durable).await?;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let (voters, learners) = members(Some(membership));

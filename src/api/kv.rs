@@ -11,19 +11,20 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::counters::OpCounters;
-use super::errors::{timed_out, Redirect};
-use super::forward::{is_forwarded, Forwarder};
-use super::leadership::{leader_replaced, leader_replaced_status};
 use super::limits::Limits;
-use super::proposer::Proposer;
-use super::read_index::ReadIndex;
+use crate::op::{Op, OpCounters};
 use crate::proto::raft_v1::KvMethod;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_server::{Kv, KvServer};
+use crate::raft::Raft;
+use crate::replica::errors::{timed_out, Redirect};
+use crate::replica::forward::{is_forwarded, Forwarder};
+use crate::replica::leadership::{leader_replaced, leader_replaced_status};
+use crate::replica::proposer::Proposer;
+use crate::replica::read_index::ReadIndex;
 use crate::storage::log_store::DurableIndex;
 use crate::storage::KvReader;
-use crate::types::{now_ms, BatchOp, CasAction, Command, CommandResult, Expected, PutOp, Raft};
+use crate::types::{now_ms, BatchOp, CasAction, Command, CommandResult, Expected, PutOp};
 
 pub struct KvService {
     raft: Raft,
@@ -195,13 +196,10 @@ impl KvService {
         local(req).map(Response::new)
     }
 
-    fn count(
-        &self,
-        forwarded: bool,
-        counter: impl Fn(&OpCounters) -> &std::sync::atomic::AtomicU64,
-    ) {
+    /// Counts a client's request; a forwarded copy was counted where the client sent it.
+    fn count(&self, forwarded: bool, op: Op) {
         if !forwarded {
-            OpCounters::count(counter(&self.counters));
+            self.counters.count(op);
         }
     }
 
@@ -215,7 +213,7 @@ impl KvService {
 
     /// This node's counters and Raft state, for the Metrics call (and so the HTTP `/metrics`).
     async fn metrics_report(&self) -> Result<pb::MetricsResponse, Status> {
-        let commit_index = super::commit_index(&self.raft, &self.durable).await?;
+        let commit_index = crate::replica::commit_index(&self.raft, &self.durable).await?;
         let (keys, value_bytes) = self.reader.stats();
         let metrics = self.raft.metrics().borrow().clone();
         let is_leader = metrics.current_leader == Some(metrics.id);
@@ -229,25 +227,20 @@ impl KvService {
                 matched_index: matched.map(|m| m.index).unwrap_or(0),
             })
             .collect();
-        let c = &self.counters;
-        Ok(pb::MetricsResponse {
+        let mut response = pb::MetricsResponse {
             node_id: metrics.id,
             keys,
             value_bytes,
-            get_ops: OpCounters::read(&c.get),
-            put_ops: OpCounters::read(&c.put),
-            delete_ops: OpCounters::read(&c.delete),
-            batch_ops: OpCounters::read(&c.batch),
-            cas_ops: OpCounters::read(&c.cas),
-            scan_ops: OpCounters::read(&c.scan),
-            batch_get_ops: OpCounters::read(&c.batch_get),
             term: metrics.current_term,
             leader_id: metrics.current_leader.unwrap_or(0),
             commit_index,
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             is_leader,
             followers,
-        })
+            ..Default::default()
+        };
+        self.counters.fill(&mut response);
+        Ok(response)
     }
 }
 
@@ -281,7 +274,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         self.limits.check_key(&req.key)?;
         self.limits.check_value(&req.value)?;
-        self.count(forwarded, |c| &c.put);
+        self.count(forwarded, Op::Put);
         self.write(
             forwarded,
             req,
@@ -303,7 +296,7 @@ impl Kv for KvService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         self.limits.check_key(&req.key)?;
-        self.count(forwarded, |c| &c.get);
+        self.count(forwarded, Op::Get);
         let consistency = req.consistency;
         self.read(
             forwarded,
@@ -329,7 +322,7 @@ impl Kv for KvService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         self.limits.check_key(&req.key)?;
-        self.count(forwarded, |c| &c.delete);
+        self.count(forwarded, Op::Delete);
         self.write(
             forwarded,
             req,
@@ -358,7 +351,7 @@ impl Kv for KvService {
                 .check_key(key)
                 .map_err(|e| in_item("keys", i, e))?;
         }
-        self.count(forwarded, |c| &c.batch_get);
+        self.count(forwarded, Op::BatchGet);
         let consistency = req.consistency;
         self.read(
             forwarded,
@@ -428,7 +421,7 @@ impl Kv for KvService {
                 }
             }
         }
-        self.count(forwarded, |c| &c.batch);
+        self.count(forwarded, Op::Batch);
         self.write(
             forwarded,
             req,
@@ -473,7 +466,7 @@ impl Kv for KvService {
                 "delete cannot be combined with value or ttl_ms",
             ));
         }
-        self.count(forwarded, |c| &c.cas);
+        self.count(forwarded, Op::Cas);
         self.write(
             forwarded,
             req,
@@ -523,7 +516,7 @@ impl Kv for KvService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let limit = self.limits.scan_limit(req.limit)?;
-        self.count(forwarded, |c| &c.scan);
+        self.count(forwarded, Op::Scan);
         let consistency = req.consistency;
         self.read(
             forwarded,

@@ -11,10 +11,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::{exit, ClientOpts};
+use crate::transport::{self, ConnectError};
 
 /// A failed client command: the exit code and a one-line message.
 #[derive(Debug)]
@@ -81,18 +82,12 @@ impl Client {
     }
 
     pub async fn connect(endpoint: &str) -> Result<Channel, Status> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("http://{endpoint}")
-        };
-        Endpoint::from_shared(uri)
-            .map_err(|e| Status::invalid_argument(format!("bad endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
+        transport::connect(endpoint, CONNECT_TIMEOUT)
             .await
-            .map_err(|e| Status::unavailable(format!("cannot connect to {endpoint}: {e}")))
+            .map_err(|e| match e {
+                ConnectError::Invalid(message) => Status::invalid_argument(message),
+                ConnectError::Unreachable(message) => Status::unavailable(message),
+            })
     }
 
     /// Runs `call` against the endpoints until one answers definitively or time runs out.

@@ -1,15 +1,17 @@
 //! The `raftkv` command line: `serve` runs a node, `playground` runs three, every other
-//! subcommand is a client. One file per command family, as in mini-redis.
+//! subcommand is a client. [`Cli`] is what clap parses, [`run`] runs it; each command lives in
+//! a file of its own under [`commands`].
 
 pub mod client;
 pub mod commands;
-pub mod playground;
 
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::ServeArgs;
+use self::client::CliError;
+use crate::server::config::ServeArgs;
+use crate::text::parse_duration;
 
 /// Exit codes shared by every client command, so scripts can tell outcomes apart.
 pub mod exit {
@@ -39,7 +41,7 @@ pub enum Command {
     /// Run a raftkv node.
     Serve(ServeArgs),
     /// Start a three-node cluster on 127.0.0.1 (ports 7001-7003) for trying raftkv out.
-    Playground(playground::PlaygroundArgs),
+    Playground(commands::PlaygroundArgs),
     /// Write one key, or several keys atomically.
     Put(commands::PutArgs),
     /// Read one key (raw value), or several keys at once.
@@ -61,7 +63,7 @@ pub enum Command {
     /// Meant for container healthchecks: it asks only that one node and never retries.
     Health(commands::HealthArgs),
     /// Load a cluster and report throughput and latency percentiles.
-    Bench(crate::bench::BenchArgs),
+    Bench(commands::BenchArgs),
 }
 
 /// Where and how long a client command tries.
@@ -81,116 +83,20 @@ pub struct ClientOpts {
     pub timeout: Duration,
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h"))?;
-    let millis = match unit {
-        "ms" => Some(number),
-        "" | "s" => number.checked_mul(1000),
-        "m" => number.checked_mul(60_000),
-        "h" => number.checked_mul(3_600_000),
-        _ => None,
-    }
-    .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h"))?;
-    Ok(Duration::from_millis(millis))
-}
-
-/// How values are shown to people and to scripts. The store holds arbitrary bytes, while the
-/// CLI prints text lines and JSON strings, so every printing path goes through here.
-pub mod values {
-    use serde_json::{Map, Value};
-
-    /// A value on one text line: itself when it is UTF-8 without line breaks or other control
-    /// characters (tabs allowed); quoted with Rust-style escapes (`"a\nb"`) when it is UTF-8 with
-    /// control characters, so a `key: value` line stays one line; `<N bytes, not UTF-8>` when it
-    /// is not UTF-8 (use `--json` to get the bytes, base64-encoded).
-    pub fn text(value: &[u8]) -> String {
-        match std::str::from_utf8(value) {
-            Ok(s) if s.chars().any(|c| c.is_control() && c != '\t') => format!("{s:?}"),
-            Ok(s) => s.to_string(),
-            Err(_) => format!("<{} bytes, not UTF-8>", value.len()),
-        }
-    }
-
-    /// Adds `"value"` and `"encoding"` to a JSON object: the value as a string when it is valid
-    /// UTF-8 (`"encoding":"utf8"`), else its standard base64 with padding
-    /// (`"encoding":"base64"`). The encoding is always present so a script checks one field.
-    pub fn insert_json(object: &mut Map<String, Value>, value: &[u8]) {
-        let (text, encoding) = match std::str::from_utf8(value) {
-            Ok(s) => (s.to_string(), "utf8"),
-            Err(_) => (base64(value), "base64"),
-        };
-        object.insert("value".into(), Value::String(text));
-        object.insert("encoding".into(), Value::String(encoding.into()));
-    }
-
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    /// Standard base64 (RFC 4648, with `=` padding). Written out here because the encoder is a
-    /// dozen lines and the crate has no base64 dependency of its own.
-    pub fn base64(bytes: &[u8]) -> String {
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        for bad in ["", "s", "5x", "-1s", "1.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn base64_matches_rfc_4648() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(values::base64(plain.as_bytes()), encoded);
-        }
-        assert_eq!(values::base64(&[0x00, 0xff, 0xfe]), "AP/+");
-    }
-
-    #[test]
-    fn values_as_text() {
-        assert_eq!(values::text(b"plain\ttab"), "plain\ttab");
-        assert_eq!(values::text(b"two\nlines"), "\"two\\nlines\"");
-        assert_eq!(values::text(&[0xff, 0x00]), "<2 bytes, not UTF-8>");
+/// Runs one parsed command.
+pub async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve(args) => commands::serve(args).await,
+        Command::Playground(args) => commands::playground(args).await,
+        Command::Put(args) => commands::put(args).await,
+        Command::Get(args) => commands::get(args).await,
+        Command::Del(args) => commands::del(args).await,
+        Command::Scan(args) => commands::scan(args).await,
+        Command::Cas(args) => commands::cas(args).await,
+        Command::Metrics(args) => commands::metrics(args).await,
+        Command::Cluster(command) => commands::cluster(command).await,
+        Command::Status(args) => commands::status(args).await,
+        Command::Health(args) => commands::health(args).await,
+        Command::Bench(args) => commands::bench(args).await,
     }
 }

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use openraft::error::{CheckIsLeaderError, RaftError};
 
 use super::{Failure, Gateway};
+use crate::raft::Raft;
 use crate::storage::log_store::DurableIndex;
-use crate::types::Raft;
 
 /// How long `/health` waits for this node to apply entries already known to be committed.
 /// Under a steady write load the applied index trails the commit index by a few milliseconds;
@@ -55,7 +55,7 @@ async fn readiness(raft: &Raft, durable: &DurableIndex) -> Result<(), String> {
         Some(leader) if leader == id => confirm_leadership(raft).await?,
         Some(_) => {}
     }
-    let committed = crate::api::commit_index(raft, durable)
+    let committed = crate::replica::commit_index(raft, durable)
         .await
         .map_err(|status| status.message().to_string())?;
     if committed == 0 {

@@ -23,10 +23,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{Failure, Gateway, MAX_BODY_BYTES};
-use crate::cli::parse_duration;
-use crate::cli::values;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_server::Kv;
+use crate::text::{parse_duration, values};
 
 const REVISION_HEADER: HeaderName = HeaderName::from_static("x-raftkv-revision");
 const TTL_HEADER: HeaderName = HeaderName::from_static("x-raftkv-ttl-ms");

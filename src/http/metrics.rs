@@ -14,6 +14,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 
 use super::{Failure, Gateway};
+use crate::op::Op;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_server::Kv;
 
@@ -78,17 +79,8 @@ fn prometheus_text(m: &pb::MetricsResponse) -> String {
         "counter",
         "Client requests this node received, by operation (forwarded copies not counted).",
     );
-    let ops = [
-        ("get", m.get_ops),
-        ("put", m.put_ops),
-        ("delete", m.delete_ops),
-        ("batch", m.batch_ops),
-        ("cas", m.cas_ops),
-        ("scan", m.scan_ops),
-        ("batch_get", m.batch_get_ops),
-    ];
-    for (op, count) in ops {
-        out.sample("operations_total", &[("op", op)], count);
+    for op in Op::ALL {
+        out.sample("operations_total", &[("op", op.name())], op.count_in(m));
     }
     out.gauge("raft_term", "Current Raft term.", m.term)
         .gauge(

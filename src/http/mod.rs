@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 use crate::api::KvService;
-use crate::types::Raft;
+use crate::raft::Raft;
 use health::health;
 use metrics::metrics;
 

@@ -19,7 +19,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use self::record::Record;
-use super::codec;
+use crate::raft::codec;
 use crate::types::{
     BatchOp, CasAction, Command, CommandResult, Expected, Proposal, PutOp, StoredValue,
 };

@@ -24,10 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::durable::DurableIndex;
 use self::spans::Spans;
-use super::codec;
 use super::disk_sync::DiskSync;
 use super::snapshot_mark::SnapshotMark;
-use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::raft::codec;
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 pub(crate) const META_TREE: &str = "raft_meta";
 

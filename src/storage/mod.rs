@@ -13,7 +13,6 @@
 // return it unboxed so it flows into those traits without conversion.
 #![allow(clippy::result_large_err)]
 
-pub mod codec;
 pub mod disk_sync;
 pub mod kv_map;
 pub mod log_store;
@@ -24,6 +23,8 @@ mod test_support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::raft::codec;
 
 pub use disk_sync::DiskSync;
 pub use kv_map::ScanPage;

@@ -30,10 +30,8 @@ use super::kv_map::{KvMap, ScanPage};
 use super::log_store::DurableIndex;
 use super::snapshot_mark::SnapshotMark;
 use crate::memory::release_free_memory;
-use crate::types::{
-    now_ms, CommandResult, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, StoredValue,
-    TypeConfig,
-};
+use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{now_ms, CommandResult, StoredValue};
 
 /// Everything a snapshot must capture together: the map, how far it has applied, and the
 /// membership in force at that point.

@@ -44,7 +44,7 @@ pub fn raw_image_db(dir: &Path, generation: u64) -> sled::Db {
 pub fn format_of(dir: &Path) -> u32 {
     let db = raw_db(dir);
     let meta = db.open_tree(super::log_store::META_TREE).unwrap();
-    super::codec::decode(&meta.get("format").unwrap().expect("a recorded format")).unwrap()
+    crate::raft::codec::decode(&meta.get("format").unwrap().expect("a recorded format")).unwrap()
 }
 
 /// Opens the sled database at `path` the way `storage` does (same segment size), waiting out

@@ -13,9 +13,10 @@ use clap::{ArgGroup, Args};
 
 use super::{emit_line, kv, ttl_ms, usage};
 use crate::cli::client::{request, CliError, Client};
-use crate::cli::{exit, parse_duration, values, ClientOpts};
+use crate::cli::{exit, ClientOpts};
 use crate::proto::v1::compare_and_swap_request::Expected;
 use crate::proto::v1::{CompareAndSwapRequest, CompareAndSwapResponse};
+use crate::text::{parse_duration, values};
 
 #[derive(Args, Debug)]
 #[command(

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::{aligned, emit, emit_json, kv};
 use crate::cli::client::{request, CliError, Client};
 use crate::cli::ClientOpts;
+use crate::op::Op;
 use crate::proto::v1::{MetricsRequest, MetricsResponse};
 
 #[derive(Args, Debug)]
@@ -65,7 +66,14 @@ pub fn format_metrics(endpoint: &str, m: &MetricsResponse) -> String {
             .join(", ")
     };
     let role = if m.is_leader { "leader" } else { "not leader" };
-    aligned(&[
+    let counts: Vec<(String, String)> = Op::ALL
+        .iter()
+        .map(|op| {
+            let label = format!("{} ops", op.name().replace('_', " "));
+            (label, op.count_in(m).to_string())
+        })
+        .collect();
+    let mut rows = vec![
         ("node", format!("{} (answered at {endpoint})", m.node_id)),
         ("role", role.to_string()),
         ("leader", leader),
@@ -75,14 +83,13 @@ pub fn format_metrics(endpoint: &str, m: &MetricsResponse) -> String {
         ("followers", followers),
         ("keys", m.keys.to_string()),
         ("value bytes", m.value_bytes.to_string()),
-        ("get ops", m.get_ops.to_string()),
-        ("batch get ops", m.batch_get_ops.to_string()),
-        ("scan ops", m.scan_ops.to_string()),
-        ("put ops", m.put_ops.to_string()),
-        ("delete ops", m.delete_ops.to_string()),
-        ("batch ops", m.batch_ops.to_string()),
-        ("cas ops", m.cas_ops.to_string()),
-    ])
+    ];
+    rows.extend(
+        counts
+            .iter()
+            .map(|(label, count)| (label.as_str(), count.clone())),
+    );
+    aligned(&rows)
 }
 
 fn metrics_json(endpoint: &str, m: &MetricsResponse) -> Value {
@@ -91,23 +98,22 @@ fn metrics_json(endpoint: &str, m: &MetricsResponse) -> Value {
         .iter()
         .map(|f| json!({"id": f.id, "matched_index": f.matched_index}))
         .collect();
-    json!({
+    let mut document = json!({
         "endpoint": endpoint,
         "node_id": m.node_id,
         "keys": m.keys,
         "value_bytes": m.value_bytes,
-        "get_ops": m.get_ops,
-        "put_ops": m.put_ops,
-        "delete_ops": m.delete_ops,
-        "batch_ops": m.batch_ops,
-        "cas_ops": m.cas_ops,
-        "scan_ops": m.scan_ops,
-        "batch_get_ops": m.batch_get_ops,
         "term": m.term,
         "leader_id": m.leader_id,
         "commit_index": m.commit_index,
         "applied_index": m.applied_index,
         "is_leader": m.is_leader,
         "followers": followers,
-    })
+    });
+    if let Value::Object(fields) = &mut document {
+        for op in Op::ALL {
+            fields.insert(format!("{}_ops", op.name()), op.count_in(m).into());
+        }
+    }
+    document
 }

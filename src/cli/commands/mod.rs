@@ -1,4 +1,5 @@
-//! Client commands: put, get, del, scan, cas, metrics, status, cluster membership and health.
+//! Every subcommand: `serve` and `playground` run nodes, `bench` loads a cluster, the rest are
+//! client commands (put, get, del, scan, cas, metrics, status, cluster membership, health).
 //!
 //! Each command parses its arguments into a request, sends it through [`Client`] (which fails
 //! over between endpoints) and prints the answer: plain text for people, or with `--json` one
@@ -11,15 +12,19 @@
 //! Batch that `put` and `del` both send, and the stdout writers. The commands and their argument
 //! types are re-exported, so `commands::put` and `commands::PutArgs` name them as before.
 
+pub mod bench;
 mod cas;
 mod cluster;
 mod del;
 mod get;
 mod health;
 mod metrics;
+mod playground;
 mod put;
 mod scan;
+mod serve;
 
+pub use bench::{run as bench, BenchArgs};
 pub use cas::{cas, CasArgs};
 pub use cluster::{
     cluster, format_status, status, AddLearnerArgs, ClusterCommand, PromoteArgs, RemoveArgs,
@@ -29,8 +34,10 @@ pub use del::{del, DelArgs};
 pub use get::{get, GetArgs};
 pub use health::{health, HealthArgs};
 pub use metrics::{format_metrics, metrics, MetricsArgs};
+pub use playground::{run as playground, PlaygroundArgs};
 pub use put::{plan_put, put, PutArgs, PutPlan, ValueSource};
 pub use scan::{scan, ScanArgs};
+pub use serve::serve;
 
 use std::io::Write;
 use std::time::Duration;

@@ -15,9 +15,10 @@ use clap::Args;
 
 use super::{batch, emit_line, kv, ttl_ms, usage};
 use crate::cli::client::{request, CliError, Client};
-use crate::cli::{parse_duration, ClientOpts};
+use crate::cli::ClientOpts;
 use crate::proto::v1::batch_op::Op;
 use crate::proto::v1::{BatchOp, PutRequest};
+use crate::text::parse_duration;
 
 #[derive(Args, Debug)]
 #[command(after_long_help = "\

@@ -12,8 +12,9 @@ use serde_json::{json, Map, Value};
 
 use super::{consistency, emit, emit_json, kv};
 use crate::cli::client::{request, CliError, Client};
-use crate::cli::{exit, values, ClientOpts};
+use crate::cli::{exit, ClientOpts};
 use crate::proto::v1::{KeyValue, ScanRequest};
+use crate::text::values;
 
 #[derive(Args, Debug)]
 #[command(after_long_help = "\

@@ -24,8 +24,6 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sled::IVec;
 
-use super::super::codec::key_index;
-
 /// Entries per tree. Small enough that the span a purge point falls into costs little to trim,
 /// large enough that the trees stay few (a node keeping `--snapshot-every` 10,000 entries plus
 /// `--logs-kept` 1,000 has about 170; sled keeps tree names in one metadata page).
@@ -493,6 +491,12 @@ fn remove_keys(tree: &sled::Tree, range: impl RangeBounds<[u8; 12]>) -> Result<(
         batch.remove(key?);
     }
     tree.apply_batch(batch)
+}
+
+/// The log index a span key names (big-endian, so sled's byte order is log order); `None` for
+/// a key that is not 8 bytes long (a damaged tree).
+fn key_index(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
 }
 
 #[cfg(test)]

@@ -24,12 +24,12 @@ use std::sync::{Mutex, MutexGuard};
 use openraft::{AnyError, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-use super::super::codec;
 use super::super::kv_map::KvMap;
 use super::image_db::ImageDir;
 pub use super::image_db::CHUNK_BYTES;
+use crate::raft::codec;
+use crate::raft::{SnapshotMeta, StorageError};
 use crate::storage::snapshot_mark::SnapshotMark;
-use crate::types::{SnapshotMeta, StorageError};
 
 const MANIFEST_TREE: &str = "snapshot";
 /// Where layout 2 kept the chunks.

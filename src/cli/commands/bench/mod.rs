@@ -16,7 +16,8 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 
 use crate::cli::client::CliError;
-use crate::cli::{exit, parse_duration};
+use crate::cli::exit;
+use crate::text::parse_duration;
 pub use report::Report;
 use target::Connection;
 

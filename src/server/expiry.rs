@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
+use crate::raft::Raft;
 use crate::storage::KvReader;
-use crate::types::{now_ms, Command, Proposal, Raft};
+use crate::types::{now_ms, Command, Proposal};
 
 /// Longest sleep between looks at the earliest expiry: a key written with a TTL while the task
 /// sleeps is seen within this time.

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use super::errors::{read_error, Redirect};
-use crate::types::Raft;
+use crate::raft::Raft;
 
 type Reply = Result<(), Redirect>;
 

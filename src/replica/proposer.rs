@@ -22,7 +22,8 @@ use tonic::Status;
 
 use super::errors::{write_error, Redirect};
 use super::gather::Gatherer;
-use crate::types::{now_ms, Command, CommandResult, Proposal, Raft};
+use crate::raft::Raft;
+use crate::types::{now_ms, Command, CommandResult, Proposal};
 
 /// Entries proposed and not yet answered. Two keep the pipeline busy while the next batch forms.
 pub const MAX_IN_FLIGHT: usize = 2;

@@ -13,10 +13,11 @@ use clap::Args;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::client::CliError;
-use super::exit;
+use crate::cli::client::CliError;
+use crate::cli::exit;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::StatusRequest;
+use crate::transport;
 
 #[derive(Args, Debug)]
 pub struct PlaygroundArgs {
@@ -37,7 +38,7 @@ pub struct PlaygroundArgs {
     pub http_base_port: u16,
 
     /// How long to wait for a leader before giving up.
-    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::text::parse_duration)]
     pub wait: Duration,
 }
 
@@ -125,9 +126,10 @@ fn spawn_node(
 }
 
 async fn leader_of(endpoint: &str) -> Option<u64> {
-    let mut client = ClusterClient::connect(format!("http://{endpoint}"))
+    let channel = transport::connect(endpoint, Duration::from_secs(1))
         .await
         .ok()?;
+    let mut client = ClusterClient::new(channel);
     let status = client.status(StatusRequest {}).await.ok()?.into_inner();
     (status.leader_id != 0).then_some(status.leader_id)
 }

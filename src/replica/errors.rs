@@ -3,7 +3,7 @@
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use tonic::Status;
 
-use crate::types::{Node, NodeId};
+use crate::raft::{Node, NodeId};
 
 /// What to do with a request this node could not serve itself.
 #[derive(Clone)]

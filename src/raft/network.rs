@@ -14,7 +14,7 @@
 //! leadership for linearizable reads.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,20 +29,20 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::transport::lazy_channel;
 
 use crate::proto::raft_v1::raft_client::RaftClient;
 use crate::proto::raft_v1::RaftMessage;
-use crate::storage::codec;
+use crate::raft::codec;
+use crate::raft::{LogId, Node, NodeId, TypeConfig};
 use crate::storage::log_store::DurableIndex;
-use crate::types::{LogId, Node, NodeId, TypeConfig};
 
 /// Largest replication message accepted either way: an AppendEntries is capped near
 /// `APPEND_BYTES_BUDGET` unless a single entry is bigger (a value up to `--max-value-bytes`),
 /// and snapshot chunks are 1 MiB.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most entry bytes sent in one AppendEntries.
 ///
@@ -66,14 +66,14 @@ struct Peer {
 pub struct NetworkFactory {
     peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
     durable: DurableIndex,
-    /// Source address of peer connections (see [`source_ip`]).
+    /// Source address of peer connections (see [`crate::transport::source_ip`]).
     source: Option<IpAddr>,
 }
 
 impl NetworkFactory {
     /// A factory whose AppendEntries tell followers only commit indexes up to which this
     /// node's log is on disk (see [`CommitGate`]), and whose connections leave from `source`
-    /// (see [`source_ip`]).
+    /// (see [`crate::transport::source_ip`]).
     pub fn new(durable: DurableIndex, source: Option<IpAddr>) -> Self {
         Self {
             peers: Arc::default(),
@@ -97,36 +97,6 @@ impl NetworkFactory {
         peers.insert(target, peer.clone());
         peer
     }
-}
-
-/// The source address for this node's outgoing peer and forwarding connections: the IP that
-/// `--listen` names, or `None` (the kernel picks) when it listens on every address.
-///
-/// Without it, a node listening on 127.0.0.2 connects to its peers from 127.0.0.1, as every
-/// other node does, and a firewall rule cannot tell which node a packet comes from: the
-/// partition tests (tests/linearizability.rs) give each node its own loopback address and cut
-/// the traffic between two of them by source and destination. On a host with several
-/// interfaces it also makes peers see the address the node is known by. The flip side: a node
-/// bound to one address must reach its peers from there; when they are reachable only through
-/// another interface, listen on 0.0.0.0 (as the Docker setup does).
-pub fn source_ip(listen: SocketAddr) -> Option<IpAddr> {
-    Some(listen.ip()).filter(|ip| !ip.is_unspecified())
-}
-
-/// A channel that connects on first use and reconnects by itself after failures; its
-/// connections leave from `source` when given (see [`source_ip`]).
-pub fn lazy_channel(address: &str, source: Option<IpAddr>) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .map(|endpoint| {
-            endpoint
-                .local_address(source)
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .connect_lazy()
-        })
-        .map_err(|e| format!("invalid address {address:?}: {e}"))
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -320,7 +290,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
 /// How many leading entries fit in `budget` encoded bytes; always at least one, so a single
 /// entry larger than the budget still goes through.
-fn entries_within_budget(entries: &[crate::types::Entry], budget: u64) -> usize {
+fn entries_within_budget(entries: &[crate::raft::Entry], budget: u64) -> usize {
     let mut total = 0u64;
     for (count, entry) in entries.iter().enumerate() {
         total = total.saturating_add(codec::encoded_len(entry));
@@ -336,7 +306,8 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
-    use crate::types::{Command, Entry, Proposal, PutOp};
+    use crate::raft::Entry;
+    use crate::types::{Command, Proposal, PutOp};
 
     fn put(index: u64, bytes: usize) -> Entry {
         Entry {
@@ -387,14 +358,5 @@ mod tests {
             "one oversized entry still goes"
         );
         assert_eq!(entries_within_budget(&[], 10), 0);
-    }
-
-    #[test]
-    fn peer_connections_leave_from_the_listen_ip_unless_it_is_a_wildcard() {
-        let source = |listen: &str| source_ip(listen.parse().expect("socket address"));
-        assert_eq!(source("127.0.0.3:7001"), "127.0.0.3".parse().ok());
-        assert_eq!(source("[::1]:7001"), "::1".parse().ok());
-        assert_eq!(source("0.0.0.0:7001"), None);
-        assert_eq!(source("[::]:7001"), None);
     }
 }

@@ -43,13 +43,3 @@ pub fn decode_from<R: std::io::Read, T: DeserializeOwned>(reader: R) -> Result<T
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> u64 {
     options().serialized_size(value).unwrap_or(u64::MAX)
 }
-
-/// Big-endian key for a log index, so sled's byte order is log order.
-pub fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-/// Inverse of [`index_key`]; `None` for a key that is not 8 bytes long (a damaged tree).
-pub fn key_index(key: &[u8]) -> Option<u64> {
-    key.try_into().ok().map(u64::from_be_bytes)
-}

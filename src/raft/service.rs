@@ -8,12 +8,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::proto::raft_v1::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::proto::raft_v1::RaftMessage;
-use crate::storage::codec;
+use crate::raft::codec;
+use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::raft::{Raft, TypeConfig};
 use crate::storage::snapshot_mark::SnapshotMark;
-use crate::types::{Raft, TypeConfig};
 
 pub struct RaftService {
     raft: Raft,

@@ -13,7 +13,7 @@
 
 use tonic::Status;
 
-use crate::types::{NodeId, Raft};
+use crate::raft::{NodeId, Raft};
 
 /// Resolves once this node's view of the leader is no longer `leader`; never resolves while it
 /// still is, nor after Raft has shut down (the forwarded call then ends by itself).

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::types::NodeId;
+use crate::raft::{NodeId, RaftSettings};
+use crate::transport::parse_host_port;
 
 /// Settings of one node.
 #[derive(clap::Args, Debug, Clone)]
@@ -127,22 +128,6 @@ pub fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
     Ok(InitialCluster(members))
 }
 
-/// Checks that an address is `host:port` with a non-empty host and a valid port.
-pub fn parse_host_port(text: &str) -> Result<String, String> {
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("address {text:?} has no port; expected host:port"))?;
-    if host.is_empty() {
-        return Err(format!("address {text:?} has no host; expected host:port"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(text.to_string()),
-        _ => Err(format!(
-            "address {text:?}: port {port:?} is not a number from 1 to 65535"
-        )),
-    }
-}
-
 /// Half the cores this process may use, at least one (see `ServeArgs::worker_threads`).
 fn default_worker_threads() -> usize {
     std::thread::available_parallelism()
@@ -152,6 +137,16 @@ fn default_worker_threads() -> usize {
 }
 
 impl ServeArgs {
+    /// The flags that tune openraft.
+    pub fn raft_settings(&self) -> RaftSettings {
+        RaftSettings {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_ms: self.election_timeout_ms,
+            snapshot_every: self.snapshot_every,
+            logs_kept: self.logs_kept,
+        }
+    }
+
     /// Cross-flag checks clap cannot express. Returns the address to advertise.
     pub fn validate(&self) -> Result<String, String> {
         if self.id == 0 {

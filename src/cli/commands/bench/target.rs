@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{BenchArgs, TargetKind};
 use crate::cli::client::CliError;
@@ -14,6 +14,7 @@ use crate::proto::v1::{
     batch_op, BatchOp, BatchRequest, Consistency, GetRequest, PutRequest, ScanRequest,
     StatusRequest,
 };
+use crate::transport::{self, ConnectError};
 
 /// One shared connection; clones share its HTTP/2 channel.
 #[derive(Clone)]
@@ -40,13 +41,12 @@ fn consistency(stale: bool) -> i32 {
 }
 
 async fn raftkv_channel(endpoint: &str) -> Result<Channel, CliError> {
-    Endpoint::from_shared(format!("http://{endpoint}"))
-        .map_err(|e| CliError::new(exit::USAGE, format!("bad endpoint {endpoint:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
+    transport::connect(endpoint, Duration::from_secs(2))
         .await
-        .map_err(|e| unavailable(format!("cannot connect to {endpoint}: {e}")))
+        .map_err(|e| match e {
+            ConnectError::Invalid(message) => CliError::new(exit::USAGE, message),
+            ConnectError::Unreachable(message) => unavailable(message),
+        })
 }
 
 /// The endpoints to load: as given, or only the leader's with `--leader-only`.

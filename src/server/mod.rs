@@ -1,0 +1,246 @@
+//! `raftkv serve`: one node's lifecycle.
+//!
+//! [`Node::start`] opens the data dir, binds the listeners, starts openraft and every task;
+//! [`Node::run`] serves until the stop signal (or until a front door fails); [`Node::stop`]
+//! closes the front doors, waits for them, shuts Raft down and ends the background tasks.
+//! Every task the node starts is in one of its two `JoinSet`s, so none outlives it.
+
+pub mod config;
+pub mod expiry;
+pub mod health;
+pub mod membership;
+pub mod runtime;
+pub mod shutdown;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use self::config::ServeArgs;
+use self::shutdown::StopSignal;
+use crate::api::{ClusterService, ForwardService, KvService, Limits};
+use crate::op::OpCounters;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::raft::network::NetworkFactory;
+use crate::raft::service::RaftService;
+use crate::raft::{raft_config, Raft};
+use crate::replica::forward::Forwarder;
+use crate::storage;
+use crate::transport::{self, source_ip};
+
+/// A running node.
+pub struct Node {
+    raft: Raft,
+    stop: StopSignal,
+    /// The gRPC server and the HTTP gateway: they end when the stop signal is given.
+    front_doors: JoinSet<anyhow::Result<()>>,
+    /// Health, TTL expiry, `--join`: they run until the node stops, and are ended then.
+    background: JoinSet<()>,
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn serve(
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Node::start(args).await?.run(shutdown).await
+}
+
+/// The listeners, bound before Raft starts so that a busy port is reported before anything
+/// else happens.
+struct Listeners {
+    grpc: TcpListener,
+    http: Option<(SocketAddr, TcpListener)>,
+}
+
+impl Listeners {
+    async fn bind(args: &ServeArgs) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let http = match args.http_listen {
+            Some(addr) => Some((
+                addr,
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?,
+            )),
+            None => None,
+        };
+        Ok(Self { grpc, http })
+    }
+}
+
+impl Node {
+    /// Opens the data dir and starts Raft, the servers and the background tasks.
+    pub async fn start(args: ServeArgs) -> anyhow::Result<Node> {
+        let address = args.validate().map_err(|e| anyhow!(e))?;
+        crate::failpoints::configure_from_env().map_err(|e| anyhow!(e))?;
+        let raft_settings = Arc::new(raft_config(&args.raft_settings())?);
+        crate::memory::tune_allocator();
+        if !runtime::lifo_slot_disabled() {
+            tracing::warn!(
+                "built without --cfg tokio_unstable: responses are written one system call \
+                 each, which costs write throughput (see src/server/runtime.rs)"
+            );
+        }
+
+        let (log_store, state_machine) =
+            storage::open(&args.data_dir, !args.unsafe_no_fsync).await?;
+        log_store.set_node_id(args.id);
+        let reader = state_machine.reader();
+        membership::give_up_restored_leadership(args.id, &log_store).await?;
+        let listeners = Listeners::bind(&args).await?;
+
+        let durable = log_store.durable_index();
+        let snapshot_mark = log_store.snapshot_mark();
+        let source = source_ip(args.listen);
+        let raft = Raft::new(
+            args.id,
+            raft_settings,
+            NetworkFactory::new(durable.clone(), source),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot start raft on data dir {}: {e}",
+                args.data_dir.display()
+            )
+        })?;
+        membership::initialise_if_pristine(&raft, &args).await?;
+
+        let limits = Limits {
+            max_key_bytes: args.max_key_bytes,
+            max_value_bytes: args.max_value_bytes,
+        };
+        let timeout = Duration::from_millis(args.request_timeout_ms);
+        let forwarder = Forwarder::new(args.id, limits.grpc_message_limit(), timeout, source);
+        let kv = Arc::new(KvService::new(
+            raft.clone(),
+            reader.clone(),
+            limits,
+            forwarder.clone(),
+            timeout,
+            Arc::new(OpCounters::default()),
+            durable.clone(),
+        ));
+        let (health, health_service) = tonic_health::server::health_reporter();
+
+        let mut node = Node {
+            raft: raft.clone(),
+            stop: StopSignal::new(),
+            front_doors: JoinSet::new(),
+            background: JoinSet::new(),
+        };
+        node.background
+            .spawn(health::track_health(raft.clone(), health));
+        node.background.spawn(expiry::run(raft.clone(), reader));
+        if !args.join.is_empty() {
+            node.background.spawn(membership::join_cluster(
+                raft.clone(),
+                args.id,
+                address.clone(),
+                args.join.clone(),
+                source,
+            ));
+        }
+
+        if let Some((addr, listener)) = listeners.http {
+            let gateway = crate::http::Gateway {
+                kv: kv.clone(),
+                raft: raft.clone(),
+            };
+            let (stopped, stopped_too) = (node.stop.stopped(), node.stop.stopped());
+            // A failed gateway is reported and leaves gRPC serving.
+            node.front_doors.spawn(async move {
+                if let Err(e) = crate::http::serve(listener, gateway, stopped).await {
+                    tracing::warn!("HTTP gateway failed: {e}");
+                    stopped_too.await;
+                }
+                Ok(())
+            });
+            tracing::info!(http = %addr, "HTTP gateway serving");
+        }
+
+        let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
+        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+            builder
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 =
+            reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+        let reflection_v1alpha =
+            reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+        let router = transport::server()
+            .add_service(KvService::server(kv.clone()))
+            .add_service(ForwardService::server(kv))
+            .add_service(ClusterService::server(
+                raft.clone(),
+                address.clone(),
+                forwarder,
+                membership_timeout,
+                durable,
+            ))
+            .add_service(RaftService::server(raft, snapshot_mark))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let stopped = node.stop.stopped();
+        node.front_doors.spawn(async move {
+            transport::serve(router, listeners.grpc, stopped)
+                .await
+                .context("gRPC server failed")
+        });
+
+        tracing::info!(id = args.id, listen = %args.listen, advertise = %address,
+            data_dir = %args.data_dir.display(), "raftkv node serving");
+        Ok(node)
+    }
+
+    /// Serves until `shutdown` resolves or a front door fails, then stops the node.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let failed = tokio::select! {
+            () = shutdown => None,
+            Some(ended) = self.front_doors.join_next() => Some(flatten(ended)),
+        };
+        let stopped = self.stop().await;
+        match failed {
+            Some(Err(e)) => Err(e),
+            _ => stopped,
+        }
+    }
+
+    /// Closes the front doors and waits for them, shuts Raft down, then ends the background
+    /// tasks. Returns the first front door's failure, if any.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.give();
+        let mut first_failure = Ok(());
+        while let Some(ended) = self.front_doors.join_next().await {
+            if let Err(e) = flatten(ended) {
+                tracing::warn!("{e:#}");
+                if first_failure.is_ok() {
+                    first_failure = Err(e);
+                }
+            }
+        }
+        tracing::info!("shutting down raft");
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft did not shut down cleanly: {e}");
+        }
+        self.background.shutdown().await;
+        first_failure
+    }
+}
+
+/// A front door's outcome, a panic of its task included.
+fn flatten(ended: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    ended.map_err(|e| anyhow!("server task failed: {e}"))?
+}

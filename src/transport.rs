@@ -1,0 +1,143 @@
+//! Every gRPC connection raftkv makes or accepts is built here: peer and forwarding channels,
+//! client channels (CLI, bench, playground), and the server with its listener. Transport
+//! settings (TCP_NODELAY, keep-alive, time limits, later TLS) therefore have one place each.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::{Router, Server, TcpIncoming};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a peer or forwarding connection may take to open.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a client could not get a channel.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The address is not a valid endpoint; retrying will not help.
+    Invalid(String),
+    /// Nothing answered at the address.
+    Unreachable(String),
+}
+
+/// Checks that an address is `host:port` with a non-empty host and a valid port.
+pub fn parse_host_port(text: &str) -> Result<String, String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address {text:?} has no port; expected host:port"))?;
+    if host.is_empty() {
+        return Err(format!("address {text:?} has no host; expected host:port"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(text.to_string()),
+        _ => Err(format!(
+            "address {text:?}: port {port:?} is not a number from 1 to 65535"
+        )),
+    }
+}
+
+/// The source address for this node's outgoing peer and forwarding connections: the IP that
+/// `--listen` names, or `None` (the kernel picks) when it listens on every address.
+///
+/// Without it, a node listening on 127.0.0.2 connects to its peers from 127.0.0.1, as every
+/// other node does, and a firewall rule cannot tell which node a packet comes from: the
+/// partition tests give each node its own loopback address and cut the traffic between two of
+/// them by source and destination. On a host with several interfaces it also makes peers see
+/// the address the node is known by. The flip side: a node bound to one address must reach its
+/// peers from there; when they are reachable only through another interface, listen on 0.0.0.0
+/// (as the Docker setup does).
+pub fn source_ip(listen: SocketAddr) -> Option<IpAddr> {
+    Some(listen.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+/// The endpoint for `address` (`host:port`, or a URI with its scheme), with small requests
+/// sent at once rather than held back by Nagle's algorithm.
+fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpoint, String> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    Endpoint::from_shared(uri)
+        .map(|endpoint| endpoint.connect_timeout(connect_timeout).tcp_nodelay(true))
+        .map_err(|e| e.to_string())
+}
+
+/// A channel to a peer or leader that connects on first use and reconnects by itself after
+/// failures; its connections leave from `source` when given (see [`source_ip`]). HTTP/2
+/// keep-alive notices a peer that vanished without closing the connection.
+pub fn lazy_channel(address: &str, source: Option<IpAddr>) -> Result<Channel, String> {
+    endpoint(address, PEER_CONNECT_TIMEOUT)
+        .map(|endpoint| {
+            endpoint
+                .local_address(source)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect_lazy()
+        })
+        .map_err(|e| format!("invalid address {address:?}: {e}"))
+}
+
+/// A client's channel to `address`, connected now.
+pub async fn connect(address: &str, connect_timeout: Duration) -> Result<Channel, ConnectError> {
+    endpoint(address, connect_timeout)
+        .map_err(|e| ConnectError::Invalid(format!("bad endpoint {address:?}: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Unreachable(format!("cannot connect to {address}: {e}")))
+}
+
+/// The gRPC server every node runs; services are added by the caller.
+pub fn server() -> Server {
+    Server::builder()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves. Accepted sockets get TCP_NODELAY:
+/// Nagle's algorithm with delayed ACKs adds ~40 ms to small replies.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    router
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_needs_both_parts_and_a_real_port() {
+        assert!(parse_host_port("127.0.0.1:7001").is_ok());
+        assert!(parse_host_port("node1:7001").is_ok());
+        assert!(parse_host_port("7001").is_err());
+        assert!(parse_host_port(":7001").is_err());
+        assert!(parse_host_port("host:0").is_err());
+        assert!(parse_host_port("host:99999").is_err());
+    }
+
+    #[test]
+    fn addresses_get_a_scheme_unless_they_have_one() {
+        let plain = endpoint("127.0.0.1:7001", PEER_CONNECT_TIMEOUT).map(|e| e.uri().to_string());
+        assert_eq!(plain.as_deref(), Ok("http://127.0.0.1:7001/"));
+        let given =
+            endpoint("http://node1:7001", PEER_CONNECT_TIMEOUT).map(|e| e.uri().to_string());
+        assert_eq!(given.as_deref(), Ok("http://node1:7001/"));
+        assert!(endpoint("not an address", PEER_CONNECT_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn peer_connections_leave_from_the_listen_ip_unless_it_is_a_wildcard() {
+        let source = |listen: &str| source_ip(listen.parse().expect("socket address"));
+        assert_eq!(source("127.0.0.3:7001"), "127.0.0.3".parse().ok());
+        assert_eq!(source("[::1]:7001"), "::1".parse().ok());
+        assert_eq!(source("0.0.0.0:7001"), None);
+        assert_eq!(source("[::]:7001"), None);
+    }
+}
