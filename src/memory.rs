@@ -2,15 +2,14 @@
 //!
 //! A node holds one large, long-lived structure (the map) while short-lived buffers of every size
 //! pass through it: decoded log entries, sled pages, snapshot images and their chunks. glibc's
-//! default keeps freed memory in its heap for reuse, which for a map of 1,000,000 keys of 256 B
-//! (about 330 MB of records) left the resident size 150-250 MB above what was in use.
+//! default keeps freed memory in its heap for reuse, so the resident size stays well above what
+//! is in use (figures in docs/performance.md).
 
 /// Buffers at least this large get memory mapped pages of their own, returned to the system as
 /// soon as they are freed. glibc starts at 128 KiB too, but raises the threshold each time such a
 /// buffer is freed (up to 32 MiB), after which grouped log entries, sled pages and image chunks
-/// are carved from the heap between map records and stay there as holes when freed. Fixing it
-/// stops that: measured with the map above after a snapshot, resident size 590-600 MB with the
-/// moving threshold and 520-545 MB with this one.
+/// are carved from the heap between map records and stay there as holes when freed. A fixed
+/// threshold keeps them out of the heap.
 const MMAP_THRESHOLD_BYTES: i32 = 128 * 1024;
 
 /// Sets the allocator up for a long-running node; call once at start, before the heavy lifting.

@@ -6,10 +6,8 @@
 //! them, as it finishes, wakes the connection task that writes responses to the socket. With the
 //! LIFO slot that connection task runs straight after every handler and sends each response in a
 //! `writev` of its own; without it, it runs once after the handlers queued before it and sends
-//! all their responses together. Measured on three local nodes with 64 clients
-//! (`raftkv bench put --clients 64`): 2.1 `writev` calls per write with the slot, 1.0 without,
-//! and about 40% more writes per second, because each response packet costs the sender, the
-//! loopback stack and the receiver a wake-up.
+//! all their responses together, and each response packet saved is a wake-up saved for the
+//! sender, the loopback stack and the receiver (figures in docs/performance.md).
 //!
 //! Turning the slot off is an unstable tokio option, compiled only with `--cfg tokio_unstable`,
 //! which `.cargo/config.toml` sets for every build from this repository. A build made without it

@@ -125,6 +125,38 @@ fn spawn_node(
         .map_err(|e| fail(format!("cannot start node {id}: {e}")))
 }
 
+/// How the user runs this very binary from the directory they started it in: `raftkv` when
+/// that is what their PATH finds, else its path (relative to that directory when inside it),
+/// quoted for the shell when needed. A hint naming a `raftkv` that is not on PATH would not run.
+fn invocation() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "raftkv".to_string();
+    };
+    let first_on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("raftkv"))
+            .find(|candidate| candidate.is_file())
+    });
+    if first_on_path.and_then(|p| p.canonicalize().ok()).as_ref() == Some(&exe) {
+        return "raftkv".to_string();
+    }
+    let relative = std::env::current_dir()
+        .and_then(|dir| dir.canonicalize())
+        .ok()
+        .and_then(|dir| exe.strip_prefix(dir).ok().map(Path::to_path_buf));
+    let shown = match relative {
+        Some(path) if path.components().count() == 1 => format!("./{}", path.display()),
+        Some(path) => path.display().to_string(),
+        None => exe.display().to_string(),
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+".contains(c);
+    if shown.chars().all(plain) {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', "'\\''"))
+    }
+}
+
 async fn leader_of(endpoint: &str) -> Option<u64> {
     let channel = transport::connect(endpoint, Duration::from_secs(1))
         .await
@@ -205,10 +237,11 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
         );
     }
     println!();
+    let raftkv = invocation();
     println!("Try:");
-    println!("  raftkv put greeting hello --endpoints {list}");
-    println!("  raftkv get greeting --endpoints {list}");
-    println!("  raftkv status --endpoints {}", endpoints[1]);
+    println!("  {raftkv} put greeting hello --endpoints {list}");
+    println!("  {raftkv} get greeting --endpoints {list}");
+    println!("  {raftkv} status --endpoints {}", endpoints[1]);
     println!("  grpcurl -plaintext {} list", endpoints[0]);
     println!(
         "  grpcurl -plaintext -d '{{\"key\":\"greeting\",\"value\":\"aGVsbG8=\"}}' {} raftkv.v1.KV/Put",

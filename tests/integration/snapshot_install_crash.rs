@@ -6,9 +6,8 @@
 //! node there (`crash`): had the purge gone ahead, the node would restart with its old snapshot
 //! and a log that starts after the new one, and could never rebuild its map (DESIGN.md,
 //! invariant 4).
-#![cfg(feature = "failpoints")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The client surface beyond Put/Get/Delete, against a real three-node cluster: batches, CAS,
 //! scans, TTL, metrics, and membership changes while a client writes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -12,9 +12,8 @@
 //! (read locally, STALE) is the same, and holds every write that was acknowledged.
 //!
 //! Needs the failpoints compiled in: `cargo test --features failpoints --test crash_restart`.
-#![cfg(feature = "failpoints")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! Jepsen-style test: concurrent clients do put / get / compare-and-swap / delete on a few keys
 //! through every node while a nemesis kills, pauses and partitions nodes; afterwards every
-//! key's history must be linearizable (tests/linearizability/checker.rs) and every replica must
+//! key's history must be linearizable (tests/integration/linearizability/checker.rs) and every replica must
 //! hold the same map.
 //!
 //! Each node listens on its own loopback address (127.0.0.2-4) and, since `--listen` names it,
@@ -10,18 +10,12 @@
 //! `RAFTKV_LIN_SEED=<n>` repeats a run's choices (printed at the start and on failure; timing
 //! still differs), `RAFTKV_LIN_SECS=<n>` sets the workload's length (default 60 s).
 
-#[path = "linearizability/checker.rs"]
 mod checker;
-#[path = "linearizability/client.rs"]
 mod client;
-mod common;
-#[path = "linearizability/history.rs"]
+use crate::common;
 mod history;
-#[path = "linearizability/nemesis.rs"]
 mod nemesis;
-#[path = "linearizability/partition.rs"]
 mod partition;
-#[path = "linearizability/rng.rs"]
 mod rng;
 
 use std::collections::HashMap;

@@ -4,9 +4,8 @@
 //! Failpoints (`--features failpoints`) make the window certain: `expiry-skip` keeps every
 //! leader from proposing `Expire` entries, so the key's TTL passes by the wall clock while no
 //! entry says so, and `clock-skew-ms` puts the followers a minute behind the leader.
-#![cfg(feature = "failpoints")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The `raftkv` binary as a user meets it: wrong flags and damaged data dirs give one clear line
 //! and no panic; client exit codes; gRPC reflection and health; the playground.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -401,6 +401,32 @@ fn free_port_block() -> u16 {
     panic!("no block of three free ports");
 }
 
+/// Runs, through the shell and from the directory the playground was started in, each `raftkv`
+/// command its banner suggests: a newcomer pastes them as printed, so they must work as printed.
+fn run_printed_hints(banner: &str, cwd: &std::path::Path) {
+    let hints: Vec<&str> = banner
+        .lines()
+        .skip_while(|line| *line != "Try:")
+        .skip(1)
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .filter(|line| !line.starts_with("grpcurl") && !line.starts_with("curl"))
+        .collect();
+    assert_eq!(hints.len(), 3, "put, get and status hints in:\n{banner}");
+    for hint in hints {
+        let out = Command::new("sh")
+            .args(["-c", &format!("timeout 20 {hint}")])
+            .current_dir(cwd)
+            .output()
+            .expect("run sh");
+        assert!(
+            out.status.success(),
+            "printed hint `{hint}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn playground_starts_serves_stops_on_ctrl_c_and_resumes_its_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,6 +439,7 @@ fn playground_starts_serves_stops_on_ctrl_c_and_resumes_its_data() {
         .join(",");
     let start = || {
         Command::new(RAFTKV)
+            .current_dir(dir.path())
             .args(["playground", "--base-port", &base.to_string()])
             .args(["--http-base-port", &http_base.to_string(), "--dir"])
             .arg(&pg_dir)
@@ -427,6 +454,7 @@ fn playground_starts_serves_stops_on_ctrl_c_and_resumes_its_data() {
     let banner = wait_for_ready(reaper.0.as_mut().unwrap());
     assert!(banner.contains(&format!("127.0.0.1:{base}")), "{banner}");
     assert!(banner.contains("grpcurl -plaintext"), "{banner}");
+    run_printed_hints(&banner, dir.path());
     let put = raftkv(&["put", "kept", "across-runs", "--endpoints", &endpoints]);
     assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
     let status = interrupt_and_wait(reaper.0.as_mut().unwrap());

@@ -3,7 +3,7 @@
 //! status and membership changes, `--json` output and exit codes (0 ok, 1 not found or CAS
 //! failed, 2 bad usage, 3 unavailable).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! Three real `raftkv serve` processes on loopback: replication, forwarding, linearizable reads,
 //! leader failure, catch-up by log and by snapshot, full restarts and input validation.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

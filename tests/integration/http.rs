@@ -5,7 +5,7 @@
 //! Nodes come from the shared harness (`TestCluster::start_with_http`): real processes on
 //! loopback, each with its own `--http-listen`, killed by PID on drop.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

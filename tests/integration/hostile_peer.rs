@@ -1,7 +1,7 @@
 //! A peer that sends a snapshot chunk far past what it has sent so far must get an error, not
 //! make the node allocate up to that offset (DESIGN.md, invariant 7).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
