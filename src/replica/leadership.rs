@@ -1,10 +1,8 @@
 //! Notice of a leader losing its office, for requests a follower has forwarded to it.
 //!
 //! A follower forwards a write to the leader it knows and waits for the answer. When that leader
-//! is cut off or paused, the answer never comes, and without this the client waited for its own
-//! deadline even after the rest of the cluster had elected a new leader (measured with a paused
-//! leader and `raftkv put --timeout 1s` probes: writes resumed about 1 s after the election, the
-//! rest of a probe's deadline). As soon as this node stops naming that leader (it votes in a new
+//! is cut off or paused, the answer never comes, and the client would wait for its own deadline
+//! even after the rest of the cluster had elected a new leader. As soon as this node stops naming that leader (it votes in a new
 //! term, stands for election or hears from a new leader), the waiting request is answered
 //! UNAVAILABLE instead, and the client retries on a node that can serve it.
 //!

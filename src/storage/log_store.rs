@@ -302,8 +302,8 @@ impl LogStore {
 /// answered by the next one: many client writes share one disk sync.
 ///
 /// It runs on a thread of its own and calls sled's blocking `flush`: `flush_async` would hand
-/// each flush to sled's thread pool, whose queue wakes all seven of its idle threads per job
-/// (measured: about 25 context switches per write on the leader), and then hop back to tokio.
+/// each flush to sled's thread pool, whose queue wakes all seven of its idle threads per job,
+/// and then hop back to tokio.
 fn run_flusher(
     db: sled::Db,
     sync: DiskSync,

@@ -40,7 +40,7 @@ const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// sled's log segment size for new data dirs. sled writes any record larger than a quarter of a
 /// segment to a file of its own under `blobs/`, reclaimed only lazily; with its 512 KiB default
 /// that is 128 KiB, less than one grouped log entry or one rewritten leaf of sixteen of them, so
-/// most of the log went to blob files (measured: the whole data dir). 8 MiB segments raise the
+/// most of the log went to blob files. 8 MiB segments raise the
 /// threshold to 2 MiB, above a leaf of sixteen maximum-size grouped entries.
 const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 

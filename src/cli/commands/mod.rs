@@ -10,7 +10,7 @@
 //! arguments, its request building and its output. This module keeps only what several of them
 //! share: the gRPC client setup, conversions of common flags into request fields, the one atomic
 //! Batch that `put` and `del` both send, and the stdout writers. The commands and their argument
-//! types are re-exported, so `commands::put` and `commands::PutArgs` name them as before.
+//! types are re-exported, so `commands::put` and `commands::PutArgs` name them.
 
 pub mod bench;
 mod cas;

@@ -2,16 +2,14 @@
 //! (`raft_log/<span number, hex>`), so that purging the head of the log drops whole trees.
 //!
 //! Why: removing entries one by one makes sled rewrite the leaves they sit in, so purging wrote
-//! about as many bytes as it deleted (measured: purging 1,001 grouped entries of ~140 KB grew
-//! the database file by 150 MB, where dropping their trees writes almost nothing). Only the one
+//! about as many bytes as it deleted, where dropping their trees writes almost nothing. Only the one
 //! span the purge point falls into still has entries removed one by one.
 //!
 //! Each entry is stored in pieces of at most [`PIECE_BYTES`] under `index ++ piece number`, so no
 //! sled page gets large. sled's page cache is split into 256 shards by page id and a shard always
 //! keeps the last page it was told about, whatever its size: with whole grouped entries of
 //! ~140 KB, leaves of up to sixteen of them were larger than a shard's share of the cache, so
-//! every leaf of the log stayed in memory (measured: 280 MB of cache for 280 MB of log, next to a
-//! map of 1,000,000 keys). Pieces keep leaves under 128 KiB, which the cache does evict. Piece 0
+//! every leaf of the log stayed in memory. Pieces keep leaves under 128 KiB, which the cache does evict. Piece 0
 //! starts with the number of pieces, so an entry cut short by a crash (sled recovers a prefix of
 //! its writes) is recognised, and removed on open.
 //!
@@ -268,8 +266,7 @@ impl Spans {
     /// then the values. sled splits a leaf once it holds 17 keys and writes both halves out
     /// again, so appending whole pieces wrote most of them two or three times; the keys alone
     /// make those splits cheap, and each value then lands as one small change to a leaf that
-    /// already exists (measured: the database file after 283 MB of entries went from 505 MB to
-    /// 401 MB).
+    /// already exists.
     pub fn insert_all(&self, entries: &[(u64, impl AsRef<[u8]>)]) -> Result<(), sled::Error> {
         let mut placed = Vec::with_capacity(entries.len());
         for (index, value) in entries {

@@ -2,9 +2,8 @@
 //!
 //! Why not a tree of the node's main database (layout 2 did that): sled keeps every page it has
 //! touched in its page cache until its accounting catches up, which it does per shard and only
-//! after 64 accesses to that shard, so after writing or reading a 280 MB image most of it stayed
-//! resident; a restarted node with 1,000,000 keys measured 810 MB, 250 MB of it sled's cache of
-//! an image it had already decoded. And sled reclaims the space of a replaced image only by
+//! after 64 accesses to that shard, so after writing or reading an image most of it stayed
+//! resident, cache of an image already decoded. And sled reclaims the space of a replaced image only by
 //! segment cleaning, once a segment is at most half live, so the main database file kept
 //! growing by a multiple of the image with every snapshot. A database per image is opened only
 //! while an image is written or read, so closing it frees its cache, and a replaced image is
