@@ -200,6 +200,34 @@ impl CommandResult {
     }
 }
 
+/// Fingerprint of a client request for the idempotency table: 64-bit FNV-1a over the length of
+/// `method` (u64, little-endian), `method` and `body` (the request's bytes with the idempotency
+/// key left out, best re-encoded by the node, so that field order or unknown fields a client
+/// sends do not make two equal requests differ).
+///
+/// Fingerprints are compared across nodes, versions and restarts (they are in the log and in
+/// snapshots), so the function is written out here and must never change; std's
+/// `DefaultHasher` may change between Rust releases (and `RandomState` is seeded per
+/// process). The length prefix keeps `("Put", b"x")` and `("Pu", b"tx")` apart. FNV is not
+/// collision resistant: it tells a client's honest mistakes apart (a key reused for another
+/// request), not requests crafted to collide, which only the key's owner could send anyway.
+pub fn fingerprint(method: &str, body: &[u8]) -> u64 {
+    let len = (method.len() as u64).to_le_bytes();
+    fnv1a_64(&[&len, method.as_bytes(), body])
+}
+
+/// 64-bit FNV-1a of the concatenation of `parts`.
+fn fnv1a_64(parts: &[&[u8]]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    parts
+        .iter()
+        .flat_map(|part| part.iter())
+        .fold(OFFSET_BASIS, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
+}
+
 /// Milliseconds since the Unix epoch by this machine's clock (0 if the clock is before 1970).
 /// The failpoint `clock-skew-ms` (`return(-10000)`) shifts it, to test a node whose clock is off.
 pub fn now_ms() -> u64 {
@@ -212,4 +240,29 @@ pub fn now_ms() -> u64 {
         now.saturating_add_signed(skew)
     });
     now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a_64(&[b""]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(&[b"a"]), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(&[b"foobar"]), 0x8594_4171_f739_67e8);
+        assert_eq!(fnv1a_64(&[b"foo", b"", b"bar"]), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn fingerprints_are_fixed_forever() {
+        // A PutRequest { key: "k", value: "v" } as prost encodes it. Fingerprints are stored in
+        // logs and snapshots: if this value changes, retries across an upgrade are refused.
+        let body = [0x0a, 0x01, b'k', 0x12, 0x01, b'v'];
+        assert_eq!(
+            fingerprint("raftkv.v1.Kv/Put", &body),
+            0x9dd6_589d_ac4e_73f4
+        );
+        assert_ne!(fingerprint("Put", b"x"), fingerprint("Pu", b"tx"));
+    }
 }
