@@ -59,6 +59,34 @@ pub enum Command {
     /// Independent client commands that arrived together, applied in order in one entry
     /// (group commit; see `api::proposer`). Each gets its own result; all share the revision.
     Multi(Vec<Command>),
+    /// A client write carrying an idempotency key: applied once per key within a window, and
+    /// answered from the replicated table for every retry (see [`IdempotentCommand`]).
+    Idempotent(IdempotentCommand),
+}
+
+/// A write (`Put`, `Delete`, `Batch` or `CompareAndSwap`) tagged with the client's idempotency
+/// key.
+///
+/// Every replica must decide the same way whether a retry is a duplicate, a conflict or a fresh
+/// write, so everything that decision depends on is in the entry: the request's fingerprint,
+/// the end of the window (the leader's stamp plus its configured window) and the table's
+/// capacity (the leader's configured limit). Applying consults no flag and no clock of the
+/// replica; a replica configured differently, or whose clock is off, still reaches the same
+/// table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotentCommand {
+    /// The client's opaque key (1 to 128 printable bytes, checked by the API).
+    pub key: String,
+    /// [`fingerprint`] of the client's request: the same key with another fingerprint is a
+    /// different request and is refused rather than answered with the first one's outcome.
+    pub fingerprint: u64,
+    /// When the key may be used again for a new request (ms since the Unix epoch, by the
+    /// leader's clock): the entry is forgotten once the map's clock reaches it.
+    pub expires_at_ms: u64,
+    /// Most keys the table holds after this entry; the oldest-inserted beyond it are forgotten.
+    pub capacity: u64,
+    /// The write itself, applied only if the key is not in the table.
+    pub command: Box<Command>,
 }
 
 impl Command {
@@ -92,6 +120,8 @@ impl Command {
             }
             Command::Expire => 0,
             Command::Multi(commands) => commands.iter().map(Command::approx_bytes).sum(),
+            // The key, then fingerprint, expiry and capacity.
+            Command::Idempotent(idem) => idem.key.len() + 24 + idem.command.approx_bytes(),
         }
     }
 }
@@ -156,7 +186,8 @@ impl StoredValue {
     }
 }
 
-/// What applying an entry produced. `revision` is always the entry's log index.
+/// What applying an entry produced. `revision` is the entry's log index, except inside
+/// [`CommandResult::Replayed`], which repeats an earlier entry's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// A blank or membership entry.
@@ -185,6 +216,16 @@ pub enum CommandResult {
     },
     /// One result per command of a `Command::Multi`, in order.
     Multi(Vec<CommandResult>),
+    /// A `Command::Idempotent` whose key was already in the table with the same fingerprint:
+    /// nothing was applied, and this is exactly the result the first attempt got, revision
+    /// included.
+    Replayed(Box<CommandResult>),
+    /// A `Command::Idempotent` whose key was already in the table with another fingerprint (the
+    /// key was reused for a different request): nothing was applied. `revision` is this entry's
+    /// log index.
+    IdempotencyConflict {
+        revision: u64,
+    },
 }
 
 impl CommandResult {
@@ -194,8 +235,12 @@ impl CommandResult {
             | CommandResult::Write { revision, .. }
             | CommandResult::Batch { revision, .. }
             | CommandResult::CompareAndSwap { revision, .. }
-            | CommandResult::Expire { revision, .. } => *revision,
-            CommandResult::Multi(results) => results.first().map(Self::revision).unwrap_or(0),
+            | CommandResult::Expire { revision, .. }
+            | CommandResult::IdempotencyConflict { revision } => *revision,
+            // The entry's index, which every fresh result of a group carries; a group of replays
+            // alone reports the newest of their original revisions.
+            CommandResult::Multi(results) => results.iter().map(Self::revision).max().unwrap_or(0),
+            CommandResult::Replayed(first) => first.revision(),
         }
     }
 }
@@ -264,5 +309,22 @@ mod tests {
             0x9dd6_589d_ac4e_73f4
         );
         assert_ne!(fingerprint("Put", b"x"), fingerprint("Pu", b"tx"));
+    }
+
+    #[test]
+    fn a_replayed_result_reports_the_first_attempts_revision() {
+        let first = CommandResult::Write {
+            revision: 7,
+            existed: false,
+        };
+        assert_eq!(
+            CommandResult::Replayed(Box::new(first.clone())).revision(),
+            7
+        );
+        let group = CommandResult::Multi(vec![
+            CommandResult::Replayed(Box::new(first)),
+            CommandResult::IdempotencyConflict { revision: 9 },
+        ]);
+        assert_eq!(group.revision(), 9, "a group reports its own entry's index");
     }
 }
