@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use disk_sync::DiskSync;
-pub use kv_map::ScanPage;
+pub use kv_map::{IdempotencyStats, ScanPage};
 pub use log_store::LogStore;
 pub use state_machine::{KvReader, StateMachineStore};
 
