@@ -36,6 +36,34 @@ pub enum Command {
     /// Independent client commands that arrived together, applied in order in one entry
     /// (group commit; see `api::proposer`). Each gets its own result; all share the revision.
     Multi(Vec<Command>),
+    /// A client write carrying an idempotency key: applied once per key within a window, and
+    /// answered from the replicated table for every retry (see [`IdempotentCommand`]).
+    Idempotent(IdempotentCommand),
+}
+
+/// A write (`Put`, `Delete`, `Batch` or `CompareAndSwap`) tagged with the client's idempotency
+/// key.
+///
+/// Every replica must decide the same way whether a retry is a duplicate, a conflict or a fresh
+/// write, so everything that decision depends on is in the entry: the request's fingerprint,
+/// the end of the window (the leader's stamp plus its configured window) and the table's
+/// capacity (the leader's configured limit). Applying consults no flag and no clock of the
+/// replica; a replica configured differently, or whose clock is off, still reaches the same
+/// table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotentCommand {
+    /// The client's opaque key (1 to 128 printable bytes, checked by the API).
+    pub key: String,
+    /// [`fingerprint`] of the client's request: the same key with another fingerprint is a
+    /// different request and is refused rather than answered with the first one's outcome.
+    pub fingerprint: u64,
+    /// When the key may be used again for a new request (ms since the Unix epoch, by the
+    /// leader's clock): the entry is forgotten once the map's clock reaches it.
+    pub expires_at_ms: u64,
+    /// Most keys the table holds after this entry; the oldest-inserted beyond it are forgotten.
+    pub capacity: u64,
+    /// The write itself, applied only if the key is not in the table.
+    pub command: Box<Command>,
 }
 
 impl Command {
@@ -69,6 +97,8 @@ impl Command {
             }
             Command::Expire => 0,
             Command::Multi(commands) => commands.iter().map(Command::approx_bytes).sum(),
+            // The key, then fingerprint, expiry and capacity.
+            Command::Idempotent(idem) => idem.key.len() + 24 + idem.command.approx_bytes(),
         }
     }
 }
@@ -133,7 +163,8 @@ impl StoredValue {
     }
 }
 
-/// What applying an entry produced. `revision` is always the entry's log index.
+/// What applying an entry produced. `revision` is the entry's log index, except inside
+/// [`CommandResult::Replayed`], which repeats an earlier entry's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// A blank or membership entry.
@@ -162,6 +193,16 @@ pub enum CommandResult {
     },
     /// One result per command of a `Command::Multi`, in order.
     Multi(Vec<CommandResult>),
+    /// A `Command::Idempotent` whose key was already in the table with the same fingerprint:
+    /// nothing was applied, and this is exactly the result the first attempt got, revision
+    /// included.
+    Replayed(Box<CommandResult>),
+    /// A `Command::Idempotent` whose key was already in the table with another fingerprint (the
+    /// key was reused for a different request): nothing was applied. `revision` is this entry's
+    /// log index.
+    IdempotencyConflict {
+        revision: u64,
+    },
 }
 
 impl CommandResult {
@@ -171,10 +212,42 @@ impl CommandResult {
             | CommandResult::Write { revision, .. }
             | CommandResult::Batch { revision, .. }
             | CommandResult::CompareAndSwap { revision, .. }
-            | CommandResult::Expire { revision, .. } => *revision,
-            CommandResult::Multi(results) => results.first().map(Self::revision).unwrap_or(0),
+            | CommandResult::Expire { revision, .. }
+            | CommandResult::IdempotencyConflict { revision } => *revision,
+            // The entry's index, which every fresh result of a group carries; a group of replays
+            // alone reports the newest of their original revisions.
+            CommandResult::Multi(results) => results.iter().map(Self::revision).max().unwrap_or(0),
+            CommandResult::Replayed(first) => first.revision(),
         }
     }
+}
+
+/// Fingerprint of a client request for the idempotency table: 64-bit FNV-1a over the length of
+/// `method` (u64, little-endian), `method` and `body` (the request's bytes with the idempotency
+/// key left out, best re-encoded by the node, so that field order or unknown fields a client
+/// sends do not make two equal requests differ).
+///
+/// Fingerprints are compared across nodes, versions and restarts (they are in the log and in
+/// snapshots), so the function is written out here and must never change; std's
+/// `DefaultHasher` may change between Rust releases (and `RandomState` is seeded per
+/// process). The length prefix keeps `("Put", b"x")` and `("Pu", b"tx")` apart. FNV is not
+/// collision resistant: it tells a client's honest mistakes apart (a key reused for another
+/// request), not requests crafted to collide, which only the key's owner could send anyway.
+pub fn fingerprint(method: &str, body: &[u8]) -> u64 {
+    let len = (method.len() as u64).to_le_bytes();
+    fnv1a_64(&[&len, method.as_bytes(), body])
+}
+
+/// 64-bit FNV-1a of the concatenation of `parts`.
+fn fnv1a_64(parts: &[&[u8]]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    parts
+        .iter()
+        .flat_map(|part| part.iter())
+        .fold(OFFSET_BASIS, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
 }
 
 /// Milliseconds since the Unix epoch by this machine's clock (0 if the clock is before 1970).
@@ -189,4 +262,46 @@ pub fn now_ms() -> u64 {
         now.saturating_add_signed(skew)
     });
     now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a_64(&[b""]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(&[b"a"]), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(&[b"foobar"]), 0x8594_4171_f739_67e8);
+        assert_eq!(fnv1a_64(&[b"foo", b"", b"bar"]), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn fingerprints_are_fixed_forever() {
+        // A PutRequest { key: "k", value: "v" } as prost encodes it. Fingerprints are stored in
+        // logs and snapshots: if this value changes, retries across an upgrade are refused.
+        let body = [0x0a, 0x01, b'k', 0x12, 0x01, b'v'];
+        assert_eq!(
+            fingerprint("raftkv.v1.Kv/Put", &body),
+            0x9dd6_589d_ac4e_73f4
+        );
+        assert_ne!(fingerprint("Put", b"x"), fingerprint("Pu", b"tx"));
+    }
+
+    #[test]
+    fn a_replayed_result_reports_the_first_attempts_revision() {
+        let first = CommandResult::Write {
+            revision: 7,
+            existed: false,
+        };
+        assert_eq!(
+            CommandResult::Replayed(Box::new(first.clone())).revision(),
+            7
+        );
+        let group = CommandResult::Multi(vec![
+            CommandResult::Replayed(Box::new(first)),
+            CommandResult::IdempotencyConflict { revision: 9 },
+        ]);
+        assert_eq!(group.revision(), 9, "a group reports its own entry's index");
+    }
 }

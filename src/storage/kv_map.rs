@@ -7,7 +7,11 @@
 //!
 //! Each entry is one [`Record`] (a single exactly sized allocation, see `record.rs`); reads copy
 //! the parts they need into a [`StoredValue`].
+//!
+//! Beside the entries lives the idempotency table (see `idempotency.rs`), which answers retried
+//! writes with their first result; it is replicated, and imaged, with the map.
 
+mod idempotency;
 mod record;
 
 use std::collections::BTreeSet;
@@ -18,11 +22,18 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use self::idempotency::IdempotencyStats;
+use self::idempotency::{IdempotencyTable, Seen, TableIn};
 use self::record::Record;
 use crate::raft::codec;
 use crate::types::{
-    BatchOp, CasAction, Command, CommandResult, Expected, Proposal, PutOp, StoredValue,
+    BatchOp, CasAction, Command, CommandResult, Expected, IdempotentCommand, Proposal, PutOp,
+    StoredValue,
 };
+
+/// First byte of the image's tail, which follows the entries when there is an idempotency table
+/// to store: the tail's layout version. An image without a tail ends right after the entries.
+const TAIL_VERSION: u8 = 1;
 
 #[derive(Debug, Clone, Default)]
 pub struct KvMap {
@@ -35,6 +46,8 @@ pub struct KvMap {
     key_bytes: u64,
     /// Highest leader stamp applied: the map's notion of "now".
     clock_ms: u64,
+    /// Results of writes that carried an idempotency key, by key.
+    idempotency: IdempotencyTable,
 }
 
 /// One page of a scan.
@@ -60,6 +73,16 @@ impl KvMap {
 
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
+    }
+
+    pub fn idempotency_stats(&self) -> IdempotencyStats {
+        self.idempotency.stats()
+    }
+
+    /// Takes over `earlier`'s idempotency counters (this map replaces it, e.g. on a snapshot
+    /// install, and the counters describe the process, not the image).
+    pub fn keep_counters_of(&mut self, earlier: &KvMap) {
+        self.idempotency.keep_counters_of(&earlier.idempotency);
     }
 
     /// The key's value if it is live at `now_ms`.
@@ -150,9 +173,12 @@ impl KvMap {
         ))
     }
 
-    /// Applies one entry's proposal at log index `revision`.
+    /// Applies one entry's proposal at log index `revision`. Idempotency keys whose window
+    /// ended by the (advanced) clock are forgotten first, whatever the command: the table then
+    /// holds only live windows, and is the same on every replica at every index.
     pub fn apply(&mut self, revision: u64, proposal: Proposal) -> CommandResult {
         self.clock_ms = self.clock_ms.max(proposal.stamp_ms);
+        self.idempotency.expire(self.clock_ms);
         self.apply_command(revision, proposal.command)
     }
 
@@ -191,6 +217,37 @@ impl KvMap {
                 revision,
                 removed: self.expire(),
             },
+            Command::Idempotent(command) => self.apply_idempotent(revision, command),
+        }
+    }
+
+    /// Applies the inner command unless its key is in the table: a retry of the same request
+    /// gets the first attempt's result and changes nothing (so it cannot overwrite a later
+    /// write, nor fail a compare-and-swap that its first attempt made succeed); another request
+    /// under the key is refused and changes nothing.
+    fn apply_idempotent(&mut self, revision: u64, command: IdempotentCommand) -> CommandResult {
+        let IdempotentCommand {
+            key,
+            fingerprint,
+            expires_at_ms,
+            capacity,
+            command,
+        } = command;
+        match self.idempotency.check(&key, fingerprint) {
+            Seen::Replay(first) => CommandResult::Replayed(Box::new(first)),
+            Seen::Conflict => CommandResult::IdempotencyConflict { revision },
+            Seen::New => {
+                let result = self.apply_command(revision, *command);
+                self.idempotency.record(
+                    key,
+                    fingerprint,
+                    expires_at_ms,
+                    result.clone(),
+                    capacity,
+                    self.clock_ms,
+                );
+                result
+            }
         }
     }
 
@@ -254,7 +311,11 @@ impl KvMap {
 
     /// The snapshot image: bincode of `clock_ms` then the entries as a map from `String` to
     /// [`StoredValue`], byte for byte what earlier versions wrote from a
-    /// `BTreeMap<String, StoredValue>`, so nodes of either version read each other's snapshots.
+    /// `BTreeMap<String, StoredValue>`; then, only while the idempotency table is not empty, a
+    /// tail: [`TAIL_VERSION`] (one byte) and the table's slots, oldest first. A map without
+    /// idempotency keys thus has the image earlier versions wrote, and their images (which end
+    /// after the entries) decode with an empty table. An image with a tail is refused by earlier
+    /// versions (they reject bytes after the entries) rather than misread.
     ///
     /// The buffer is sized exactly before encoding, so the image is one allocation with no
     /// growth copies (for a large map, one `mmap` that goes back to the OS when dropped).
@@ -267,40 +328,70 @@ impl KvMap {
         // Should the length be absurd, the reservation fails harmlessly and the buffer grows.
         let _ = out.try_reserve_exact(usize::try_from(self.image_len()).unwrap_or(0));
         codec::encode_into(&mut out, &image)?;
+        if !self.idempotency.is_empty() {
+            out.push(TAIL_VERSION);
+            codec::encode_into(&mut out, &self.idempotency.image())?;
+        }
         Ok(out)
     }
 
     /// Length of [`KvMap::encode`]'s output, from counters rather than a walk of the map (a
     /// walk costs about a third of encoding, during which apply waits): clock and entry count,
     /// then per entry a u64 length before the key and the value, the revision, the `Option`
-    /// tag, and 8 bytes for each expiry (the expiry index has one item per key with a TTL).
+    /// tag, and 8 bytes for each expiry (the expiry index has one item per key with a TTL);
+    /// then the tail, if any (the table keeps its encoded size).
     fn image_len(&self) -> u64 {
         const PER_ENTRY: u64 = 8 + 8 + 8 + 1;
+        let tail = if self.idempotency.is_empty() {
+            0
+        } else {
+            1 + self.idempotency.image_len()
+        };
         8 + 8
             + self.len() as u64 * PER_ENTRY
             + self.key_bytes
             + self.value_bytes
             + 8 * self.expiry.len() as u64
+            + tail
     }
 
     /// Decodes an image made by [`KvMap::encode`] (or by earlier versions); trailing bytes are an
     /// error.
     pub fn decode(bytes: &[u8]) -> Result<Self, bincode::Error> {
-        Ok(Self::from_image(codec::decode(bytes)?))
+        let (image, tail) = codec::decode_prefix(bytes)?;
+        let table = match tail.split_first() {
+            None => None,
+            Some((&version, table)) => {
+                check_tail_version(version)?;
+                Some(codec::decode(table)?)
+            }
+        };
+        Ok(Self::from_image(image, table))
     }
 
     /// Decodes an image streamed from `reader`, without holding the encoded bytes in memory.
-    /// Stops at the end of the image: checking that nothing follows is the caller's job.
-    pub fn decode_from(reader: impl Read) -> Result<Self, bincode::Error> {
-        Ok(Self::from_image(codec::decode_from(reader)?))
+    /// An image without a tail is recognised by the end of the input right after its entries,
+    /// so `reader` must end where the image does (a snapshot's chunk reader does); a tail is
+    /// read up to its end, and checking that nothing follows it is the caller's job.
+    pub fn decode_from(mut reader: impl Read) -> Result<Self, bincode::Error> {
+        let image = codec::decode_from(&mut reader)?;
+        let table = match next_byte(&mut reader)? {
+            None => None,
+            Some(version) => {
+                check_tail_version(version)?;
+                Some(codec::decode_from(&mut reader)?)
+            }
+        };
+        Ok(Self::from_image(image, table))
     }
 
-    fn from_image(image: ImageIn) -> Self {
+    fn from_image(image: ImageIn, table: Option<TableIn>) -> Self {
         // Collecting sorts (stably) and drops all but the last of equal keys, as inserting one by
         // one would; built from sorted input, the tree's leaves are full rather than half full.
         let entries: BTreeSet<Record> = image.entries.0.into_iter().collect();
         let mut map = KvMap {
             clock_ms: image.clock_ms,
+            idempotency: table.map(IdempotencyTable::from_image).unwrap_or_default(),
             ..Default::default()
         };
         for record in &entries {
@@ -312,6 +403,28 @@ impl KvMap {
         }
         map.entries = entries;
         map
+    }
+}
+
+fn check_tail_version(version: u8) -> Result<(), bincode::Error> {
+    if version == TAIL_VERSION {
+        return Ok(());
+    }
+    Err(Box::new(bincode::ErrorKind::Custom(format!(
+        "the image's tail has layout {version}; this version reads layout {TAIL_VERSION}"
+    ))))
+}
+
+/// The next byte of `reader`, or `None` at the end of its input.
+fn next_byte(reader: &mut impl Read) -> Result<Option<u8>, bincode::Error> {
+    let mut byte = [0u8];
+    loop {
+        match reader.read(&mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -410,6 +523,34 @@ mod tests {
             value: value.into(),
             expires_at_ms,
         })
+    }
+
+    fn idem(key: &str, fingerprint: u64, expires_at_ms: u64, command: Command) -> Command {
+        idem_capped(key, fingerprint, expires_at_ms, 100, command)
+    }
+
+    fn idem_capped(
+        key: &str,
+        fingerprint: u64,
+        expires_at_ms: u64,
+        capacity: u64,
+        command: Command,
+    ) -> Command {
+        Command::Idempotent(IdempotentCommand {
+            key: key.into(),
+            fingerprint,
+            expires_at_ms,
+            capacity,
+            command: Box::new(command),
+        })
+    }
+
+    fn written(revision: u64, existed: bool) -> CommandResult {
+        CommandResult::Write { revision, existed }
+    }
+
+    fn replayed(first: CommandResult) -> CommandResult {
+        CommandResult::Replayed(Box::new(first))
     }
 
     #[test]
@@ -604,6 +745,7 @@ mod tests {
             assert_eq!(copy.get("b", 0).unwrap().revision, 5);
             assert_eq!(copy.get("ключ", 0).unwrap().value, "значение".as_bytes());
             assert!(copy.has_expired(9));
+            assert_eq!(copy.idempotency_stats(), IdempotencyStats::default());
             assert_eq!(copy.encode().unwrap(), old);
         }
     }
@@ -687,5 +829,324 @@ mod tests {
         map.apply(8, at(100, Command::Expire));
         exact(&map);
         exact(&KvMap::decode(&map.encode().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn a_retried_put_applies_once_and_gets_the_first_result() {
+        let mut map = KvMap::default();
+        let request = || idem("req-1", 11, 10_000, put("k", "v", None));
+        let first = map.apply(1, at(100, request()));
+        assert_eq!(first, written(1, false));
+        let retry = map.apply(2, at(200, request()));
+        assert_eq!(retry, replayed(first));
+        assert_eq!(retry.revision(), 1, "the retry reports the first revision");
+        assert_eq!(map.get("k", 0).unwrap().revision, 1, "one effect");
+        let stats = map.idempotency_stats();
+        assert_eq!((stats.keys, stats.hits, stats.conflicts), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_retry_does_not_overwrite_a_later_write() {
+        let mut map = KvMap::default();
+        let request = || idem("req-1", 11, 10_000, put("k", "mine", None));
+        map.apply(1, at(100, request()));
+        map.apply(2, at(100, put("k", "theirs", None)));
+        assert_eq!(
+            map.apply(3, at(100, request())),
+            replayed(written(1, false))
+        );
+        let value = map.get("k", 0).unwrap();
+        assert_eq!(
+            (value.value.as_slice(), value.revision),
+            (&b"theirs"[..], 2)
+        );
+    }
+
+    #[test]
+    fn the_same_key_for_another_request_is_refused_and_changes_nothing() {
+        let mut map = KvMap::default();
+        map.apply(1, at(100, idem("req-1", 11, 10_000, put("k", "v1", None))));
+        let image = map.encode().unwrap();
+        let other = map.apply(2, at(100, idem("req-1", 12, 10_000, put("k", "v2", None))));
+        assert_eq!(other, CommandResult::IdempotencyConflict { revision: 2 });
+        assert_eq!(
+            other.revision(),
+            2,
+            "a conflict reports its own entry's index"
+        );
+        assert_eq!(map.get("k", 0).unwrap().value, b"v1");
+        assert_eq!(
+            map.encode().unwrap(),
+            image,
+            "neither map nor table changed"
+        );
+        assert_eq!(map.idempotency_stats().conflicts, 1);
+    }
+
+    #[test]
+    fn windows_end_by_the_logs_clock_never_the_local_one() {
+        // A window that ended in 1970 by any real clock: still open by the log's clock.
+        let mut map = KvMap::default();
+        let request = || idem("req-1", 11, 1_000, put("k", "v", None));
+        map.apply(1, at(100, request()));
+        assert_eq!(
+            map.apply(2, at(999, request())),
+            replayed(written(1, false))
+        );
+        // The stamp reaches the window's end: the key is forgotten and the retry is new.
+        assert_eq!(map.apply(3, at(1_000, request())), written(3, true));
+        assert_eq!(map.get("k", 0).unwrap().revision, 3);
+
+        // A window that ends long after any real clock: closed once the log's clock passes it.
+        let far = 4_000_000_000_000_000;
+        let mut map = KvMap::default();
+        let request = || idem("req-2", 22, far, put("k", "v", None));
+        map.apply(1, at(100, request()));
+        assert_eq!(
+            map.apply(2, at(far - 1, request())),
+            replayed(written(1, false))
+        );
+        assert_eq!(map.apply(3, at(far, request())), written(3, true));
+    }
+
+    #[test]
+    fn ended_windows_are_forgotten_by_any_entry_and_the_old_image_returns() {
+        let mut map = KvMap::default();
+        map.apply(1, at(100, idem("req-1", 11, 500, put("k", "v", None))));
+        assert_eq!(map.idempotency_stats().keys, 1);
+        map.apply(2, at(500, put("other", "v", None)));
+        assert_eq!(map.idempotency_stats().keys, 0);
+        let old = codec::encode(&old_image(&map)).unwrap();
+        assert_eq!(map.encode().unwrap(), old);
+    }
+
+    #[test]
+    fn beyond_capacity_the_oldest_key_is_evicted_and_applies_again() {
+        let mut map = KvMap::default();
+        let request = |n: u64| idem_capped(&format!("req-{n}"), n, 10_000, 2, put("k", "v", None));
+        for n in 1..=3 {
+            map.apply(n, at(100, request(n)));
+        }
+        let stats = map.idempotency_stats();
+        assert_eq!((stats.keys, stats.evictions), (2, 1));
+        assert_eq!(
+            map.apply(4, at(100, request(3))),
+            replayed(written(3, true))
+        );
+        assert_eq!(
+            map.apply(5, at(100, request(1))),
+            written(5, true),
+            "req-1 was evicted"
+        );
+        assert_eq!(map.get("k", 0).unwrap().revision, 5);
+        // Re-inserting req-1 evicted req-2, now the oldest.
+        assert_eq!(map.idempotency_stats().evictions, 2);
+        assert_eq!(map.apply(6, at(100, request(2))), written(6, true));
+    }
+
+    #[test]
+    fn idempotent_commands_in_a_group_are_looked_up_one_by_one() {
+        let mut map = KvMap::default();
+        let a = || idem("req-a", 1, 10_000, put("a", "1", None));
+        let b = |fingerprint| idem("req-b", fingerprint, 10_000, put("b", "1", None));
+        let c = || idem("req-c", 3, 10_000, put("c", "1", None));
+        let first = map.apply(
+            1,
+            at(100, Command::Multi(vec![a(), put("x", "1", None), b(2)])),
+        );
+        let CommandResult::Multi(first) = first else {
+            panic!("a multi entry has one result per command")
+        };
+        assert_eq!(
+            first,
+            [written(1, false), written(1, false), written(1, false)]
+        );
+        let second = map.apply(2, at(100, Command::Multi(vec![a(), b(9), c(), c()])));
+        assert_eq!(
+            second,
+            CommandResult::Multi(vec![
+                replayed(written(1, false)),
+                CommandResult::IdempotencyConflict { revision: 2 },
+                written(2, false),
+                replayed(written(2, false)),
+            ]),
+            "the second attempt in the same entry is a retry of the first"
+        );
+        assert_eq!(second.revision(), 2);
+        assert_eq!(map.get("a", 0).unwrap().revision, 1);
+        assert_eq!(map.get("b", 0).unwrap().revision, 1);
+    }
+
+    #[test]
+    fn a_retried_cas_that_succeeded_succeeds_again() {
+        let mut map = KvMap::default();
+        let create = || {
+            idem(
+                "req-1",
+                11,
+                10_000,
+                Command::CompareAndSwap {
+                    key: "k".into(),
+                    expected: Expected::Revision(0),
+                    action: CasAction::Put {
+                        value: b"v".to_vec(),
+                        expires_at_ms: None,
+                    },
+                },
+            )
+        };
+        let first = map.apply(1, at(100, create()));
+        let succeeded = CommandResult::CompareAndSwap {
+            revision: 1,
+            succeeded: true,
+            current: None,
+        };
+        assert_eq!(first, succeeded);
+        // Applied afresh, the condition (no such key) would now fail.
+        assert_eq!(map.apply(2, at(100, create())), replayed(succeeded));
+        assert_eq!(map.get("k", 0).unwrap().revision, 1);
+    }
+
+    /// A map whose table holds every kind of stored result, a key listed before a later one
+    /// with a shorter window, and one slot already evicted.
+    fn map_with_table() -> KvMap {
+        let mut map = mixed_map();
+        let cas_fails = Command::CompareAndSwap {
+            key: "b".into(),
+            expected: Expected::Value(b"no".to_vec()),
+            action: CasAction::Delete,
+        };
+        let batch = Command::Batch(vec![
+            BatchOp::Put(PutOp {
+                key: "c".into(),
+                value: b"3".to_vec(),
+                expires_at_ms: Some(900),
+            }),
+            BatchOp::Delete { key: "a".into() },
+        ]);
+        map.apply(
+            6,
+            at(50, idem_capped("evicted", 1, 800, 4, put("e", "1", None))),
+        );
+        map.apply(
+            7,
+            at(50, idem_capped("long", 2, 800, 4, put("l", "1", None))),
+        );
+        map.apply(8, at(50, idem_capped("cas", 3, 700, 4, cas_fails)));
+        map.apply(9, at(50, idem_capped("batch", 4, 600, 4, batch)));
+        map.apply(
+            10,
+            at(
+                50,
+                idem_capped("del", 5, 650, 4, Command::Delete { key: "e".into() }),
+            ),
+        );
+        assert_eq!(map.idempotency_stats().evictions, 1);
+        map
+    }
+
+    #[test]
+    fn the_table_round_trips_through_both_decoders_in_eviction_order() {
+        let map = map_with_table();
+        let image = map.encode().unwrap();
+        assert_eq!(image.len() as u64, map.image_len());
+        assert_eq!(
+            image.len(),
+            image.capacity(),
+            "the buffer was sized exactly"
+        );
+        for mut copy in [
+            KvMap::decode(&image).unwrap(),
+            KvMap::decode_from(image.as_slice()).unwrap(),
+        ] {
+            assert_eq!(copy.encode().unwrap(), image);
+            let stats = copy.idempotency_stats();
+            assert_eq!(
+                (stats.keys, stats.bytes),
+                (4, map.idempotency_stats().bytes)
+            );
+            assert_eq!(stats.evictions, 0, "counters are not in the image");
+            let CommandResult::Replayed(cas) =
+                copy.apply(11, at(50, idem_capped("cas", 3, 700, 4, Command::Expire)))
+            else {
+                panic!("the failed CAS is replayed")
+            };
+            let CommandResult::CompareAndSwap {
+                revision: 8,
+                succeeded: false,
+                current: Some(current),
+            } = *cas
+            else {
+                panic!("the first attempt's result, {cas:?}")
+            };
+            assert_eq!(current.value, b"2", "with the value it saw then");
+            // One more key evicts the oldest one left, "long", as in the original.
+            copy.apply(
+                12,
+                at(50, idem_capped("new", 6, 800, 4, put("n", "1", None))),
+            );
+            let retry = copy.apply(
+                13,
+                at(50, idem_capped("long", 2, 800, 4, put("l", "1", None))),
+            );
+            assert_eq!(retry, written(13, true));
+        }
+    }
+
+    #[test]
+    fn a_restored_table_evolves_like_the_original() {
+        let later: Vec<(u64, Proposal)> = vec![
+            (11, at(60, idem_capped("x", 7, 900, 3, put("x", "1", None)))),
+            (
+                12,
+                at(610, idem_capped("long", 2, 800, 3, put("l", "2", None))),
+            ),
+            (13, at(650, idem_capped("cas", 3, 700, 3, Command::Expire))),
+            (14, at(700, put("y", "1", None))),
+        ];
+        let mut original = map_with_table();
+        let mut restored = KvMap::decode(&original.encode().unwrap()).unwrap();
+        for (index, proposal) in later {
+            let a = original.apply(index, proposal.clone());
+            let b = restored.apply(index, proposal);
+            assert_eq!(a, b, "entry {index}");
+            assert_eq!(original.encode().unwrap(), restored.encode().unwrap());
+        }
+    }
+
+    #[test]
+    fn the_image_stays_exactly_sized_as_the_table_changes() {
+        let mut map = map_with_table();
+        let exact = |map: &KvMap| {
+            let image = map.encode().unwrap();
+            assert_eq!(image.len(), image.capacity());
+            assert_eq!(image.len() as u64, map.image_len());
+        };
+        exact(&map);
+        map.apply(11, at(600, Command::Expire));
+        assert_eq!(map.idempotency_stats().keys, 3, "batch's window ended");
+        exact(&map);
+        map.apply(12, at(799, put("z", "1", None)));
+        exact(&map);
+        map.apply(13, at(800, put("z", "2", None)));
+        assert_eq!(map.idempotency_stats().keys, 0);
+        exact(&map);
+    }
+
+    #[test]
+    fn a_damaged_tail_is_an_error() {
+        let image = map_with_table().encode().unwrap();
+        let base = codec::encode(&old_image(&map_with_table())).unwrap().len();
+        assert_eq!(image[base], TAIL_VERSION);
+        let mut newer = image.clone();
+        newer[base] = TAIL_VERSION + 1;
+        assert!(KvMap::decode(&newer).is_err());
+        assert!(KvMap::decode_from(newer.as_slice()).is_err());
+        let mut trailing = image.clone();
+        trailing.push(0);
+        assert!(KvMap::decode(&trailing).is_err());
+        let truncated = &image[..image.len() - 3];
+        assert!(KvMap::decode(truncated).is_err());
+        assert!(KvMap::decode_from(truncated).is_err());
     }
 }

@@ -26,7 +26,7 @@ use openraft::{
 
 use self::snapshot_store::SnapshotStore;
 pub use self::snapshot_store::{StoredSnapshot, CHUNK_BYTES};
-use super::kv_map::{KvMap, ScanPage};
+use super::kv_map::{IdempotencyStats, KvMap, ScanPage};
 use super::log_store::DurableIndex;
 use super::snapshot_mark::SnapshotMark;
 use crate::memory::release_free_memory;
@@ -98,6 +98,11 @@ impl KvReader {
     pub fn stats(&self) -> (u64, u64) {
         let state = read(&self.state);
         (state.map.len() as u64, state.map.value_bytes())
+    }
+
+    /// The idempotency table's size and this node's replay, conflict and eviction counts.
+    pub fn idempotency_stats(&self) -> IdempotencyStats {
+        read(&self.state).map.idempotency_stats()
     }
 
     /// Whether some key has expired by `now_ms` and should be removed by an `Expire` entry.
@@ -243,7 +248,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     /// Decodes the received image (so a damaged one changes nothing), stores it, then swaps the
-    /// map. The old map is dropped after the lock is released, so readers do not wait for it.
+    /// map, keeping the old one's idempotency counters (they count this node's applies). The old
+    /// map is dropped after the lock is released, so readers do not wait for it.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
@@ -259,12 +265,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Ok(map)
         })
         .await?;
-        let new_state = KvState {
+        let mut new_state = KvState {
             map,
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let old_state = std::mem::replace(&mut *write(&self.state), new_state);
+        let mut state = write(&self.state);
+        new_state.map.keep_counters_of(&state.map);
+        let old_state = std::mem::replace(&mut *state, new_state);
+        drop(state);
         drop(old_state);
         Ok(())
     }

@@ -14,7 +14,7 @@ use crate::storage::test_support::{
     format_of, image_path, open_when_unlocked, raw_db, raw_image_db,
 };
 use crate::storage::{codec, log_store, OpenError, FORMAT_VERSION, SNAPSHOT_DIR};
-use crate::types::{Command, Proposal, PutOp};
+use crate::types::{Command, IdempotentCommand, Proposal, PutOp};
 
 const VALUE_BYTES: usize = 256;
 
@@ -706,4 +706,101 @@ async fn entries_acknowledged_early_are_applied_only_once_flushed() {
         .expect("apply task");
     assert_eq!(applied.expect("apply").len(), 3);
     assert!(reader.get("a").0.is_some());
+}
+
+/// A put of `key` at `index` (stamped `index`) carrying idempotency key `req-<request>` and
+/// fingerprint `fingerprint`.
+fn idempotent_put(index: u64, request: u64, fingerprint: u64, key: &str) -> Entry {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Proposal {
+            stamp_ms: index,
+            command: Command::Idempotent(IdempotentCommand {
+                key: format!("req-{request:05}"),
+                fingerprint,
+                expires_at_ms: 1_000_000,
+                capacity: 100_000,
+                command: Box::new(Command::Put(PutOp {
+                    key: key.into(),
+                    value: vec![7; 16],
+                    expires_at_ms: None,
+                })),
+            }),
+        }),
+    }
+}
+
+/// Retries are answered from the idempotency table after it went through a snapshot: built,
+/// installed on another node, and loaded again (streamed from its chunks) on restart of both.
+#[test]
+fn retries_are_replayed_after_snapshot_install_and_restart() {
+    const REQUESTS: u64 = 2_000;
+    let leader = tempfile::tempdir().unwrap();
+    let follower = tempfile::tempdir().unwrap();
+    // Request 7, first applied at index 102 + 7.
+    let first = CommandResult::Write {
+        revision: 109,
+        existed: false,
+    };
+    let replayed = CommandResult::Replayed(Box::new(first.clone()));
+    let last = 101 + REQUESTS;
+    let built = session(leader.path(), async |mut sm| {
+        fill(&mut sm, 100).await;
+        let requests =
+            (0..REQUESTS).map(|r| idempotent_put(102 + r, r, r, &format!("idem-{r:05}")));
+        let results = sm.apply(requests).await.unwrap();
+        assert_eq!(results[7], first);
+        let stats = sm.reader().idempotency_stats();
+        assert_eq!(stats.keys, REQUESTS);
+        // The table ends the image and is larger than a chunk: it crosses a chunk boundary.
+        assert!(stats.bytes > CHUNK_BYTES as u64, "{} bytes", stats.bytes);
+        build(&mut sm).await
+    });
+    session(follower.path(), async |mut sm| {
+        fill(&mut sm, 10).await;
+        sm.apply([
+            idempotent_put(12, 0, 1, "mine"),
+            idempotent_put(13, 0, 2, "mine"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(sm.reader().idempotency_stats().conflicts, 1);
+        let mut data = sm.begin_receiving_snapshot().await.unwrap();
+        *data = *built.snapshot.clone();
+        sm.install_snapshot(&built.meta, data).await.unwrap();
+        let stats = sm.reader().idempotency_stats();
+        assert_eq!(
+            (stats.keys, stats.conflicts),
+            (REQUESTS, 1),
+            "counters kept"
+        );
+        let retry = sm
+            .apply([idempotent_put(last + 1, 7, 7, "idem-00007")])
+            .await
+            .unwrap();
+        assert_eq!(retry, std::slice::from_ref(&replayed));
+        assert_eq!(sm.reader().get("idem-00007").0.unwrap().revision, 109);
+        let other = sm
+            .apply([idempotent_put(last + 2, 8, 0, "idem-00008")])
+            .await
+            .unwrap();
+        assert_eq!(
+            other,
+            [CommandResult::IdempotencyConflict { revision: last + 2 }]
+        );
+    });
+    for dir in [follower.path(), leader.path()] {
+        session(dir, async |mut sm| {
+            assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(last)));
+            let reader = sm.reader();
+            assert_eq!(reader.idempotency_stats().keys, REQUESTS);
+            let retry = sm
+                .apply([idempotent_put(last + 1, 7, 7, "idem-00007")])
+                .await
+                .unwrap();
+            assert_eq!(retry, std::slice::from_ref(&replayed));
+            assert_eq!(reader.get("idem-00007").0.unwrap().revision, 109);
+            assert_eq!(reader.idempotency_stats().hits, 1);
+        });
+    }
 }
