@@ -113,6 +113,7 @@ async fn run(seed: u64, workload: Duration) {
         keys: keys.clone(),
         values: values.clone(),
         seen: HashMap::new(),
+        writes: 0,
     };
     let until = Instant::now() + workload;
     let clients: Vec<_> = (0..CLIENTS)
@@ -143,6 +144,12 @@ async fn run(seed: u64, workload: Duration) {
          writes, {} dropped reads); faults {faults:?}; replicas agree at applied index {applied}",
         counts.ok, counts.failed, counts.ambiguous_writes, counts.dropped_reads
     );
+    let retried = counts.retries_resolved + counts.retries_unresolved;
+    eprintln!(
+        "retries with the idempotency key: {retried} writes retried, {} resolved to a definite \
+         answer, {} still ambiguous",
+        counts.retries_resolved, counts.retries_unresolved
+    );
     for (message, n) in recorder.error_summary() {
         eprintln!("  {n:>5} × {message}");
     }
@@ -168,9 +175,11 @@ async fn run(seed: u64, workload: Duration) {
             eprintln!("{failure}");
         }
         panic!(
-            "{} of {} keys have a history that is not linearizable (seed {seed})",
+            "{} of {} keys have a history that is not linearizable (seed {seed}; {} writes \
+             retried with their idempotency key resolved to a definite answer)",
             failures.len(),
-            histories.len()
+            histories.len(),
+            counts.retries_resolved
         );
     }
     assert!(

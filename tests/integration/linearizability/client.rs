@@ -1,6 +1,12 @@
 //! A client of the workload: random put / get / compare-and-swap / delete on a few keys, each
 //! through a node picked at random, with every outcome classified as ok, certainly failed or
 //! ambiguous (see [`classify_write`]).
+//!
+//! Every write carries an idempotency key of its own. A write whose outcome is ambiguous is
+//! sent again, the same request with the same key, through another node (see [`RETRIES`]):
+//! the cluster applies it at most once and answers every attempt with the first outcome, so the
+//! attempts are one operation, invoked when the first was sent and complete at the first
+//! definite answer. Only if no attempt gets one does the write stay ambiguous.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +18,9 @@ use raftkv::proto::v1::kv_client::KvClient;
 use raftkv::proto::v1::{
     CompareAndSwapRequest, Consistency, DeleteRequest, GetRequest, PutRequest,
 };
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 
 use super::checker::{Call, Ret, Value};
 use super::history::{Outcome, Recorder};
@@ -22,6 +29,17 @@ use super::rng::Rng;
 /// A client gives up on an operation after this long (the nodes' own request timeout is
 /// shorter); the operation is then ambiguous.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// Further attempts of a write whose outcome is ambiguous, each through another node.
+const RETRIES: u32 = 3;
+/// No retry starts this long after the write's first attempt was sent.
+const RETRY_WITHIN: Duration = OP_TIMEOUT.saturating_mul(3);
+/// The pause before the first retry; doubled before each later one (plus up to as much again
+/// at random, so that clients do not retry in step).
+const RETRY_BACKOFF_MS: u64 = 100;
+
+/// The gRPC metadata that carries a write's idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The keys in play: `slots` keys at a time, each replaced by a fresh one after
 /// `ops_per_key` operations, so that every key's history stays small enough to check quickly
@@ -92,6 +110,8 @@ pub struct Client {
     pub values: Arc<AtomicU64>,
     /// The last value this client saw on each key: what its compare-and-swaps expect.
     pub seen: HashMap<String, Option<Value>>,
+    /// Writes this client has sent, for their idempotency keys.
+    pub writes: u64,
 }
 
 impl Client {
@@ -144,15 +164,43 @@ impl Client {
         }
     }
 
-    /// Does one operation through node number `node` and records it.
+    /// Does one operation through node number `node` and records it; an ambiguous write is
+    /// retried with its idempotency key through other nodes (see the module doc).
     async fn perform(&mut self, node: usize, key: &str, call: Call) -> Outcome {
         let (node_id, mut kv) = self.nodes[node].clone();
-        let label = format!("c{}/n{node_id}", self.id);
+        let mut label = format!("c{}/n{node_id}", self.id);
+        // Unique in the run: a fresh cluster, and this client's own count of writes.
+        let idempotency = (call != Call::Get).then(|| {
+            self.writes += 1;
+            format!("c{}-w{}", self.id, self.writes)
+        });
         let invoke = self.recorder.now();
-        let outcome = match tokio::time::timeout(OP_TIMEOUT, send(&mut kv, key, &call)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Ambiguous(format!("no answer within {OP_TIMEOUT:?}")),
-        };
+        let sent = Instant::now();
+        let mut outcome = attempt(&mut kv, key, &call, idempotency.as_deref(), &label).await;
+        let (mut node, mut attempts) = (node, 1);
+        while let Some(idempotency) = &idempotency {
+            let again = matches!(outcome, Outcome::Ambiguous(_))
+                && attempts <= RETRIES
+                && sent.elapsed() < RETRY_WITHIN;
+            if !again {
+                break;
+            }
+            let backoff = RETRY_BACKOFF_MS << (attempts - 1);
+            let pause = backoff + self.rng.below(backoff + 1);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let others = self.nodes.len() as u64 - 1;
+            node = (node + 1 + self.rng.below(others) as usize) % self.nodes.len();
+            let (node_id, retry_kv) = self.nodes[node].clone();
+            kv = retry_kv;
+            label += &format!("+n{node_id}");
+            attempts += 1;
+            // A retry refused before anything was proposed says nothing of the attempts before
+            // it, one of which may have been applied: the write stays ambiguous.
+            outcome = match attempt(&mut kv, key, &call, Some(idempotency), &label).await {
+                Outcome::Failed(why) => Outcome::Ambiguous(format!("retry refused, {why}")),
+                other => other,
+            };
+        }
         match &outcome {
             Outcome::Ok(Ret::Get(read)) => {
                 self.seen.insert(key.to_string(), *read);
@@ -172,13 +220,50 @@ impl Client {
             _ => {}
         }
         self.recorder
-            .record(key, call, label, invoke, outcome.clone());
+            .record(key, call, label, invoke, attempts, outcome.clone());
         outcome
     }
 }
 
-/// One RPC for `call`.
-async fn send(kv: &mut KvClient<Channel>, key: &str, call: &Call) -> Outcome {
+/// One attempt of `call`, given up after [`OP_TIMEOUT`]. Every write has a key of its own and
+/// its retries are the same request: a refusal of the key as reused is a bug.
+async fn attempt(
+    kv: &mut KvClient<Channel>,
+    key: &str,
+    call: &Call,
+    idempotency: Option<&str>,
+    label: &str,
+) -> Outcome {
+    let outcome = match tokio::time::timeout(OP_TIMEOUT, send(kv, key, call, idempotency)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Ambiguous(format!("no answer within {OP_TIMEOUT:?}")),
+    };
+    if let Outcome::Failed(why) = &outcome {
+        assert!(
+            !why.contains("idempotency key reused"),
+            "{label}: {call:?} on {key} with key {idempotency:?} refused as a reuse: {why}"
+        );
+    }
+    outcome
+}
+
+/// `message` with `idempotency` as its idempotency key, if any.
+fn keyed<T>(message: T, idempotency: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(idempotency) = idempotency {
+        let value = AsciiMetadataValue::try_from(idempotency).expect("printable ASCII");
+        request.metadata_mut().insert(IDEMPOTENCY_KEY, value);
+    }
+    request
+}
+
+/// One RPC for `call`, a write with `idempotency` as its key.
+async fn send(
+    kv: &mut KvClient<Channel>,
+    key: &str,
+    call: &Call,
+    idempotency: Option<&str>,
+) -> Outcome {
     let key = key.to_string();
     match call {
         Call::Put(value) => {
@@ -187,7 +272,7 @@ async fn send(kv: &mut KvClient<Channel>, key: &str, call: &Call) -> Outcome {
                 value: encode(*value),
                 ttl_ms: 0,
             };
-            match kv.put(request).await {
+            match kv.put(keyed(request, idempotency)).await {
                 Ok(_) => Outcome::Ok(Ret::Put),
                 Err(status) => classify_write(&status),
             }
@@ -206,7 +291,7 @@ async fn send(kv: &mut KvClient<Channel>, key: &str, call: &Call) -> Outcome {
                 }
             }
         }
-        Call::Delete => match kv.delete(DeleteRequest { key }).await {
+        Call::Delete => match kv.delete(keyed(DeleteRequest { key }, idempotency)).await {
             Ok(reply) => Outcome::Ok(Ret::Delete(reply.get_ref().deleted)),
             Err(status) => classify_write(&status),
         },
@@ -221,7 +306,7 @@ async fn send(kv: &mut KvClient<Channel>, key: &str, call: &Call) -> Outcome {
                 delete: false,
                 ttl_ms: 0,
             };
-            match kv.compare_and_swap(request).await {
+            match kv.compare_and_swap(keyed(request, idempotency)).await {
                 Ok(reply) => {
                     let reply = reply.into_inner();
                     Outcome::Ok(Ret::Cas {

@@ -25,6 +25,11 @@ pub struct Counts {
     pub failed: usize,
     pub ambiguous_writes: usize,
     pub dropped_reads: usize,
+    /// Writes sent more than once (their first attempt was ambiguous) that got a definite
+    /// answer, counted in `ok` too.
+    pub retries_resolved: usize,
+    /// Writes sent more than once that stayed ambiguous, counted in `ambiguous_writes` too.
+    pub retries_unresolved: usize,
 }
 
 #[derive(Default)]
@@ -59,11 +64,29 @@ impl Recorder {
         self.start.elapsed().as_nanos() as u64
     }
 
-    /// Records one finished operation: failed ones and ambiguous reads are only counted
-    /// (neither had an effect), ambiguous writes stay open-ended.
-    pub fn record(&self, key: &str, call: Call, label: String, invoke: u64, outcome: Outcome) {
+    /// Records one finished operation, sent `attempts` times (a write's retries with its
+    /// idempotency key are the same operation, from the first attempt's `invoke` to the last
+    /// answer): failed ones and ambiguous reads are only counted (neither had an effect),
+    /// ambiguous writes stay open-ended.
+    pub fn record(
+        &self,
+        key: &str,
+        call: Call,
+        label: String,
+        invoke: u64,
+        attempts: u32,
+        outcome: Outcome,
+    ) {
         let complete = self.now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if attempts > 1 {
+            match outcome {
+                Outcome::Ok(_) => inner.counts.retries_resolved += 1,
+                Outcome::Ambiguous(_) => inner.counts.retries_unresolved += 1,
+                // Only a first attempt's refusal is final; a retry's leaves the write ambiguous.
+                Outcome::Failed(_) => unreachable!("a retried write ends ok or ambiguous"),
+            }
+        }
         let (complete, ret) = match outcome {
             Outcome::Ok(ret) => {
                 inner.counts.ok += 1;
