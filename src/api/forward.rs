@@ -18,6 +18,7 @@ use crate::proto::raft_v1::{
 };
 use crate::proto::v1::kv_server::Kv;
 use crate::replica::forward::{FORWARDED_BY, FORWARD_MESSAGE_LIMIT};
+use crate::replica::idempotency;
 
 pub struct ForwardService {
     kv: Arc<KvService>,
@@ -33,13 +34,14 @@ impl ForwardService {
     /// Runs one forwarded call through the KV service and encodes its outcome.
     async fn answer(&self, forwarded_by: &str, call: ForwardedCall) -> ForwardedReply {
         let kv = &*self.kv;
+        let call = &call;
         let outcome = match KvMethod::try_from(call.method) {
-            Ok(KvMethod::Put) => run(forwarded_by, &call.request, |r| kv.put(r)).await,
-            Ok(KvMethod::Get) => run(forwarded_by, &call.request, |r| kv.get(r)).await,
-            Ok(KvMethod::Delete) => run(forwarded_by, &call.request, |r| kv.delete(r)).await,
-            Ok(KvMethod::Batch) => run(forwarded_by, &call.request, |r| kv.batch(r)).await,
+            Ok(KvMethod::Put) => run(forwarded_by, call, |r| kv.put(r)).await,
+            Ok(KvMethod::Get) => run(forwarded_by, call, |r| kv.get(r)).await,
+            Ok(KvMethod::Delete) => run(forwarded_by, call, |r| kv.delete(r)).await,
+            Ok(KvMethod::Batch) => run(forwarded_by, call, |r| kv.batch(r)).await,
             Ok(KvMethod::CompareAndSwap) => {
-                run(forwarded_by, &call.request, |r| kv.compare_and_swap(r)).await
+                run(forwarded_by, call, |r| kv.compare_and_swap(r)).await
             }
             Ok(KvMethod::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
                 "forwarded call names unknown method {}",
@@ -64,7 +66,7 @@ impl ForwardService {
 /// Decodes `bytes` as the method's request, calls it as a forwarded request and encodes the answer.
 async fn run<Req, Resp, Fut>(
     forwarded_by: &str,
-    bytes: &[u8],
+    call: &ForwardedCall,
     method: impl FnOnce(Request<Req>) -> Fut,
 ) -> Result<Vec<u8>, Status>
 where
@@ -72,11 +74,23 @@ where
     Resp: Message,
     Fut: Future<Output = Result<Response<Resp>, Status>>,
 {
-    let req = Req::decode(bytes)
+    let req = Req::decode(call.request.as_slice())
         .map_err(|e| Status::invalid_argument(format!("undecodable forwarded request: {e}")))?;
     let mut request = Request::new(req);
     if let Ok(value) = forwarded_by.parse() {
         request.metadata_mut().insert(FORWARDED_BY, value);
+    }
+    if !call.idempotency_key.is_empty() {
+        // The KV service checks the key as it would a client's.
+        let key = call.idempotency_key.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "{} must be printable ASCII",
+                idempotency::METADATA_KEY
+            ))
+        })?;
+        request
+            .metadata_mut()
+            .insert(idempotency::METADATA_KEY, key);
     }
     Ok(method(request).await?.into_inner().encode_to_vec())
 }

@@ -19,6 +19,7 @@ use crate::proto::v1::kv_server::{Kv, KvServer};
 use crate::raft::Raft;
 use crate::replica::errors::{timed_out, Redirect};
 use crate::replica::forward::{is_forwarded, Forwarder};
+use crate::replica::idempotency::{self, Tag};
 use crate::replica::leadership::{leader_replaced, leader_replaced_status};
 use crate::replica::proposer::Proposer;
 use crate::replica::read_index::ReadIndex;
@@ -37,18 +38,33 @@ pub struct KvService {
     counters: Arc<OpCounters>,
     /// Which of this node's log entries are on its disk, for the commit index it reports.
     durable: DurableIndex,
+    /// How keyed writes are remembered (`--idempotency-window`, `--idempotency-max-keys`).
+    idempotency: idempotency::Policy,
+}
+
+/// The operator's rules for client requests.
+#[derive(Debug, Clone, Copy)]
+pub struct KvSettings {
+    pub limits: Limits,
+    /// How long a write or a linearizable read may wait (`--request-timeout-ms`).
+    pub timeout: Duration,
+    pub idempotency: idempotency::Policy,
 }
 
 impl KvService {
     pub fn new(
         raft: Raft,
         reader: KvReader,
-        limits: Limits,
         forwarder: Forwarder,
-        timeout: Duration,
         counters: Arc<OpCounters>,
         durable: DurableIndex,
+        settings: KvSettings,
     ) -> Self {
+        let KvSettings {
+            limits,
+            timeout,
+            idempotency,
+        } = settings;
         Self {
             proposer: Proposer::start(raft.clone()),
             read_index: ReadIndex::start(raft.clone()),
@@ -59,6 +75,7 @@ impl KvService {
             timeout,
             counters,
             durable,
+            idempotency,
         }
     }
 
@@ -145,22 +162,31 @@ impl KvService {
 
     /// The write path shared by every mutating call: forward to the leader, or build the
     /// command with the leader's clock, propose it and shape the response.
+    ///
+    /// A write with an idempotency `tag` is proposed wrapped with it (see
+    /// `replica::idempotency`): a retry is answered with the first attempt's result.
     async fn write<Req, Resp, Fut>(
         &self,
         forwarded: bool,
+        tag: Option<Tag>,
         req: Req,
         command: impl FnOnce(Req, u64) -> Command,
         response: impl FnOnce(CommandResult) -> Result<Resp, Status>,
-        forward: impl FnOnce(Forwarder, String, Req) -> Fut,
+        forward: impl FnOnce(Forwarder, String, Req, Option<String>) -> Fut,
     ) -> Result<Response<Resp>, Status>
     where
         Fut: Future<Output = Result<Resp, Status>>,
     {
         if let Some(redirect) = self.remote_leader() {
+            let key = tag.map(|tag| tag.key);
+            let forward = move |f, leader, r| forward(f, leader, r, key);
             return self.redirect(redirect, forwarded, req, forward).await;
         }
-        let result = self.propose(command(req, now_ms())).await.map_err(moved)?;
-        response(result).map(Response::new)
+        let stamp = now_ms();
+        let command = self.idempotency.wrap(tag, stamp, command(req, stamp));
+        let result = self.propose(command).await.map_err(moved)?;
+        crate::failpoints::crash_point("write-answer-before");
+        response(idempotency::answer(result)?).map(Response::new)
     }
 
     /// The read path shared by every reading call: stale reads are local; linearizable reads
@@ -215,6 +241,7 @@ impl KvService {
     async fn metrics_report(&self) -> Result<pb::MetricsResponse, Status> {
         let commit_index = crate::replica::commit_index(&self.raft, &self.durable).await?;
         let (keys, value_bytes) = self.reader.stats();
+        let table = self.reader.idempotency_stats();
         let metrics = self.raft.metrics().borrow().clone();
         let is_leader = metrics.current_leader == Some(metrics.id);
         let followers = metrics
@@ -237,6 +264,10 @@ impl KvService {
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             is_leader,
             followers,
+            idempotency_keys: table.keys,
+            idempotency_hits: table.hits,
+            idempotency_conflicts: table.conflicts,
+            idempotency_evictions: table.evictions,
             ..Default::default()
         };
         self.counters.fill(&mut response);
@@ -271,12 +302,15 @@ impl Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let key = idempotency::key_of(request.metadata())?;
         let req = request.into_inner();
+        let tag = idempotency::tag(key, "Put", &req);
         self.limits.check_key(&req.key)?;
         self.limits.check_value(&req.value)?;
         self.count(forwarded, Op::Put);
         self.write(
             forwarded,
+            tag,
             req,
             |req, stamp| Command::Put(self.put_op(req, stamp)),
             |result| {
@@ -284,7 +318,7 @@ impl Kv for KvService {
                     revision: result.revision(),
                 })
             },
-            |f, leader, r| async move { f.call(&leader, KvMethod::Put, &r).await },
+            |f, leader, r, key| async move { f.call(&leader, KvMethod::Put, &r, key).await },
         )
         .await
     }
@@ -310,7 +344,7 @@ impl Kv for KvService {
                 }),
                 (None, _) => Err(Status::not_found(format!("key not found: {}", req.key))),
             },
-            |f, leader, r| async move { f.call(&leader, KvMethod::Get, &r).await },
+            |f, leader, r| async move { f.call(&leader, KvMethod::Get, &r, None).await },
         )
         .await
     }
@@ -320,11 +354,14 @@ impl Kv for KvService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let key = idempotency::key_of(request.metadata())?;
         let req = request.into_inner();
+        let tag = idempotency::tag(key, "Delete", &req);
         self.limits.check_key(&req.key)?;
         self.count(forwarded, Op::Delete);
         self.write(
             forwarded,
+            tag,
             req,
             |req, _| Command::Delete { key: req.key },
             |result| match result {
@@ -334,7 +371,7 @@ impl Kv for KvService {
                 }),
                 other => Err(unexpected(&other)),
             },
-            |f, leader, r| async move { f.call(&leader, KvMethod::Delete, &r).await },
+            |f, leader, r, key| async move { f.call(&leader, KvMethod::Delete, &r, key).await },
         )
         .await
     }
@@ -394,7 +431,9 @@ impl Kv for KvService {
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let key = idempotency::key_of(request.metadata())?;
         let req = request.into_inner();
+        let tag = idempotency::tag(key, "Batch", &req);
         if req.ops.is_empty() {
             return Err(Status::invalid_argument("batch has no ops"));
         }
@@ -424,6 +463,7 @@ impl Kv for KvService {
         self.count(forwarded, Op::Batch);
         self.write(
             forwarded,
+            tag,
             req,
             |req, stamp| {
                 let ops = req
@@ -443,7 +483,7 @@ impl Kv for KvService {
                 }
                 other => Err(unexpected(&other)),
             },
-            |f, leader, r| async move { f.call(&leader, KvMethod::Batch, &r).await },
+            |f, leader, r, key| async move { f.call(&leader, KvMethod::Batch, &r, key).await },
         )
         .await
     }
@@ -453,7 +493,9 @@ impl Kv for KvService {
         request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let key = idempotency::key_of(request.metadata())?;
         let req = request.into_inner();
+        let tag = idempotency::tag(key, "CompareAndSwap", &req);
         self.limits.check_key(&req.key)?;
         self.limits.check_value(&req.value)?;
         if req.expected.is_none() {
@@ -469,6 +511,7 @@ impl Kv for KvService {
         self.count(forwarded, Op::Cas);
         self.write(
             forwarded,
+            tag,
             req,
             |req, stamp| Command::CompareAndSwap {
                 key: req.key,
@@ -504,7 +547,7 @@ impl Kv for KvService {
                 }),
                 other => Err(unexpected(&other)),
             },
-            |f, leader, r| async move { f.call(&leader, KvMethod::CompareAndSwap, &r).await },
+            |f, leader, r, key| async move { f.call(&leader, KvMethod::CompareAndSwap, &r, key).await },
         )
         .await
     }

@@ -3,10 +3,11 @@
 //!
 //! Only failures that mean "this node cannot serve now" (UNAVAILABLE, a deadline, a refused
 //! connection) move on to the next endpoint; a definite answer such as NOT_FOUND or
-//! INVALID_ARGUMENT is returned at once. Retrying writes is safe with [`Client::call`] because
-//! Put, Delete and Batch are idempotent (writing the same values again, or deleting again, leaves
-//! the same state) and membership changes converge on a target membership. Compare-and-swap is
-//! not idempotent and goes through [`Client::call_at_most_once`] instead.
+//! INVALID_ARGUMENT is returned at once. Retrying a write is safe because every attempt of one
+//! command carries the same idempotency key ([`idempotency_key`], [`write_request`]): the
+//! cluster applies it once and answers every retry with the first attempt's outcome, so a
+//! retried Put cannot land after another client's newer write and a compare-and-swap can be
+//! retried after an ambiguous failure. Membership changes converge on a target membership.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -141,66 +142,6 @@ impl Client {
         (self.timeout / 3).max(Duration::from_secs(2))
     }
 
-    /// Sends a request that must not be applied twice (compare-and-swap) at most once.
-    ///
-    /// Endpoints are tried in turn, with backoff, only while *connecting* fails: then nothing
-    /// has been sent and trying elsewhere is safe. Once the request has gone out, any failure
-    /// that leaves its outcome unknown (UNAVAILABLE, a deadline, a reset connection — the leader
-    /// may have applied it and the answer been lost on the way back) is reported as such and
-    /// not retried. Retrying there could apply the swap twice, or report a failed condition for
-    /// a swap that in fact succeeded the first time; only the caller, after reading the key,
-    /// can tell which.
-    pub async fn call_at_most_once<T, F, Fut>(&self, call: F) -> Result<T, CliError>
-    where
-        F: Fn(Channel, Duration) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
-    {
-        let deadline = Instant::now() + self.timeout;
-        let mut backoff = Duration::from_millis(100);
-        let mut last_error = None;
-        loop {
-            for endpoint in &self.endpoints {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    break;
-                }
-                let channel = match tokio::time::timeout(remaining, Self::connect(endpoint)).await {
-                    Ok(Ok(channel)) => channel,
-                    Ok(Err(status)) if status.code() == Code::InvalidArgument => {
-                        return Err(CliError::from_status(&status))
-                    }
-                    Ok(Err(status)) => {
-                        last_error = Some(format!("{endpoint}: {}", status.message()));
-                        continue;
-                    }
-                    Err(_) => {
-                        last_error = Some(format!("{endpoint}: no connection in time"));
-                        continue;
-                    }
-                };
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                return match tokio::time::timeout(remaining, call(channel, remaining)).await {
-                    Ok(Ok(value)) => Ok(value),
-                    Ok(Err(status)) if !retryable(&status) => Err(CliError::from_status(&status)),
-                    Ok(Err(status)) => Err(Self::outcome_unknown(endpoint, status.message())),
-                    Err(_) => Err(Self::outcome_unknown(endpoint, "no answer in time")),
-                };
-            }
-            backoff = self.pause(deadline, backoff, &last_error).await?;
-        }
-    }
-
-    /// The error for a request that was sent but whose result never came back.
-    fn outcome_unknown(endpoint: &str, detail: &str) -> CliError {
-        CliError::new(
-            exit::UNAVAILABLE,
-            format!(
-                "{endpoint}: {detail}; the request was sent and may or may not have been applied \
-                 (not retried: read the key before trying again)"
-            ),
-        )
-    }
-
     /// Sleeps before the next round over the endpoints, or gives up at the deadline; returns
     /// the next backoff.
     async fn pause(
@@ -231,5 +172,36 @@ impl Client {
 pub fn request<T>(message: T, remaining: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(remaining);
+    request
+}
+
+/// A fresh idempotency key for one command (`cli-` and 32 random hex digits): every attempt of
+/// that command sends it.
+pub fn idempotency_key() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom: time and process id still make a collision within one window
+        // implausible.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes[..12].copy_from_slice(&nanos.to_le_bytes()[..12]);
+        bytes[12..].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cli-{hex}")
+}
+
+/// A write request bounded by the deadline and carrying the command's idempotency key.
+pub fn write_request<T>(message: T, remaining: Duration, key: &str) -> tonic::Request<T> {
+    let mut request = request(message, remaining);
+    if let Ok(value) = key.parse() {
+        request
+            .metadata_mut()
+            .insert(crate::replica::idempotency::METADATA_KEY, value);
+    }
     request
 }

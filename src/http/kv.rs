@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::{Failure, Gateway, MAX_BODY_BYTES};
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_server::Kv;
+use crate::replica::idempotency;
 use crate::text::{parse_duration, values};
 
 const REVISION_HEADER: HeaderName = HeaderName::from_static("x-raftkv-revision");
@@ -136,11 +137,41 @@ struct DeleteReply {
     revision: u64,
 }
 
+/// The service request for `message`, carrying the `Idempotency-Key` header (the IETF httpapi
+/// draft's name) as the gRPC `idempotency-key` metadata.
+fn keyed<T>(message: T, headers: &HeaderMap) -> Result<tonic::Request<T>, Failure> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = headers.get(idempotency::METADATA_KEY) {
+        let key = value
+            .to_str()
+            .map_err(|_| Failure::bad_request("Idempotency-Key must be printable ASCII"))?;
+        idempotency::check_key(key)?;
+        let key = key
+            .parse()
+            .map_err(|_| Failure::bad_request("Idempotency-Key must be printable ASCII"))?;
+        request
+            .metadata_mut()
+            .insert(idempotency::METADATA_KEY, key);
+    }
+    Ok(request)
+}
+
+/// A failed write's answer: a reused idempotency key is 422 (the httpapi draft's choice), any
+/// other failure as for every call.
+fn write_failure(status: tonic::Status) -> Failure {
+    if status.code() == tonic::Code::FailedPrecondition && status.message() == idempotency::REUSED {
+        Failure::new(StatusCode::UNPROCESSABLE_ENTITY, status.message())
+    } else {
+        status.into()
+    }
+}
+
 /// `PUT /kv/{key}[?ttl=30s]`: the raw body is the value.
 async fn put_key(
     State(gateway): State<Gateway>,
     Key(key): Key,
     Params(params): Params<PutParams>,
+    headers: HeaderMap,
     value: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PutReply>, Failure> {
     let request = pb::PutRequest {
@@ -148,7 +179,9 @@ async fn put_key(
         value: body(value)?.to_vec(),
         ttl_ms: ttl_ms(params.ttl.as_deref())?,
     };
-    let reply = Kv::put(&*gateway.kv, tonic::Request::new(request)).await?;
+    let reply = Kv::put(&*gateway.kv, keyed(request, &headers)?)
+        .await
+        .map_err(write_failure)?;
     Ok(Json(PutReply {
         revision: reply.into_inner().revision,
     }))
@@ -185,10 +218,12 @@ async fn delete_key(
     State(gateway): State<Gateway>,
     Key(key): Key,
     Params(_): Params<NoParams>,
+    headers: HeaderMap,
 ) -> Result<Json<DeleteReply>, Failure> {
     let request = pb::DeleteRequest { key };
-    let reply = Kv::delete(&*gateway.kv, tonic::Request::new(request))
-        .await?
+    let reply = Kv::delete(&*gateway.kv, keyed(request, &headers)?)
+        .await
+        .map_err(write_failure)?
         .into_inner();
     Ok(Json(DeleteReply {
         deleted: reply.deleted,

@@ -82,6 +82,30 @@ fn prometheus_text(m: &pb::MetricsResponse) -> String {
     for op in Op::ALL {
         out.sample("operations_total", &[("op", op.name())], op.count_in(m));
     }
+    out.gauge(
+        "idempotency_keys",
+        "Idempotency keys held by this node's state machine.",
+        m.idempotency_keys,
+    );
+    for (name, help, value) in [
+        (
+            "idempotency_hits_total",
+            "Retried writes answered from the idempotency table instead of applied again.",
+            m.idempotency_hits,
+        ),
+        (
+            "idempotency_conflicts_total",
+            "Writes refused because their idempotency key was used for another request.",
+            m.idempotency_conflicts,
+        ),
+        (
+            "idempotency_evictions_total",
+            "Idempotency keys forgotten before their window ended, to respect --idempotency-max-keys.",
+            m.idempotency_evictions,
+        ),
+    ] {
+        out.family(name, "counter", help).sample(name, &[], value);
+    }
     out.gauge("raft_term", "Current Raft term.", m.term)
         .gauge(
             "raft_leader_id",

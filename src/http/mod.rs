@@ -93,14 +93,14 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         // A multi-line body would break line-oriented clients; messages are one line by design,
         // this only guards against one that is not.
         let message = message.into().replace(['\r', '\n'], " ");
         Self { status, message }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 }

@@ -78,16 +78,21 @@ impl Forwarder {
 
     /// Forwards one call to the leader at `address` together with whatever else is waiting to
     /// go there, and returns the leader's answer (or its error status) for this call alone.
+    ///
+    /// The client's idempotency key travels with the call, so that the leader recognises a
+    /// retry whichever node it came through.
     pub async fn call<Req: Message, Resp: Message + Default>(
         &self,
         address: &str,
         method: KvMethod,
         request: &Req,
+        idempotency_key: Option<String>,
     ) -> Result<Resp, Status> {
         let (reply, answer) = oneshot::channel();
         let call = ForwardedCall {
             method: method as i32,
             request: request.encode_to_vec(),
+            idempotency_key: idempotency_key.unwrap_or_default(),
         };
         self.queue(address)?
             .send(Queued { call, reply })

@@ -1,12 +1,13 @@
 //! How a client request meets Raft, between the services in [`crate::api`] and openraft:
 //! writes are grouped into entries ([`proposer`]), linearizable reads wait for a read index
 //! ([`read_index`]), a follower sends what it cannot serve to the leader ([`forward`]) and
-//! notices when that leader is replaced ([`leadership`]), and Raft's errors become gRPC
-//! statuses ([`errors`]).
+//! notices when that leader is replaced ([`leadership`]), keyed writes are applied once
+//! ([`idempotency`]), and Raft's errors become gRPC statuses ([`errors`]).
 
 pub mod errors;
 pub mod forward;
 pub mod gather;
+pub mod idempotency;
 pub mod leadership;
 pub mod proposer;
 pub mod read_index;

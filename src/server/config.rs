@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::raft::{NodeId, RaftSettings};
+use crate::text::parse_duration;
 use crate::transport::parse_host_port;
 
 /// Settings of one node.
@@ -94,6 +96,19 @@ pub struct ServeArgs {
     /// UNAVAILABLE, in milliseconds.
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+
+    /// How long a write's idempotency key is remembered (e.g. 30s, 10m, 1h): a retry with the
+    /// same key within this time, counted from the first attempt by the leader's clock, gets the
+    /// first attempt's answer instead of being applied again.
+    #[arg(long, env = "RAFTKV_IDEMPOTENCY_WINDOW", default_value = "10m",
+        value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+
+    /// Most idempotency keys remembered; when full, the oldest are forgotten first (counted in
+    /// the metrics as evictions). Each key holds its first answer, a few dozen bytes (a failed
+    /// compare-and-swap also holds the value it found).
+    #[arg(long, env = "RAFTKV_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
+    pub idempotency_max_keys: u64,
 }
 
 /// The `--initial-cluster` members: id → address.
@@ -166,6 +181,12 @@ impl ServeArgs {
         }
         if self.snapshot_every == 0 {
             return Err("--snapshot-every must be at least 1".into());
+        }
+        if self.idempotency_window < Duration::from_secs(1) || self.idempotency_max_keys == 0 {
+            return Err(
+                "--idempotency-window must be at least 1s and --idempotency-max-keys at least 1"
+                    .into(),
+            );
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             return Err("--max-key-bytes and --max-value-bytes must be at least 1".into());

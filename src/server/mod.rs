@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 
 use self::config::ServeArgs;
 use self::shutdown::StopSignal;
+use crate::api::kv::KvSettings;
 use crate::api::{ClusterService, ForwardService, KvService, Limits};
 use crate::op::OpCounters;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -30,6 +31,7 @@ use crate::raft::network::NetworkFactory;
 use crate::raft::service::RaftService;
 use crate::raft::{raft_config, Raft};
 use crate::replica::forward::Forwarder;
+use crate::replica::idempotency;
 use crate::storage;
 use crate::transport::{self, source_ip};
 
@@ -122,14 +124,21 @@ impl Node {
         };
         let timeout = Duration::from_millis(args.request_timeout_ms);
         let forwarder = Forwarder::new(args.id, limits.grpc_message_limit(), timeout, source);
+        let settings = KvSettings {
+            limits,
+            timeout,
+            idempotency: idempotency::Policy {
+                window: args.idempotency_window,
+                max_keys: args.idempotency_max_keys,
+            },
+        };
         let kv = Arc::new(KvService::new(
             raft.clone(),
             reader.clone(),
-            limits,
             forwarder.clone(),
-            timeout,
             Arc::new(OpCounters::default()),
             durable.clone(),
+            settings,
         ));
         let (health, health_service) = tonic_health::server::health_reporter();
 

@@ -1,18 +1,17 @@
 //! `raftkv cas`: writes or deletes a key only if its current revision or value is the expected
 //! one.
 //!
-//! Unlike every other write, a compare-and-swap is not idempotent, so it is sent with
-//! `Client::call_at_most_once` and never re-sent once it has gone out: if the answer is lost
-//! (timeout, leader change), a second attempt could apply the swap twice or report a failed
-//! condition for a swap that in fact succeeded. The command then exits 3 saying the outcome is
-//! unknown. A condition that did not hold prints the key's current state and exits 1.
+//! Every attempt carries the command's idempotency key, so a swap whose answer was lost
+//! (timeout, leader change) is retried safely: the cluster answers the retry with the first
+//! attempt's outcome rather than evaluating the condition again. A condition that did not hold
+//! prints the key's current state and exits 1.
 
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 
 use super::{emit_line, kv, ttl_ms, usage};
-use crate::cli::client::{request, CliError, Client};
+use crate::cli::client::{idempotency_key, write_request, CliError, Client};
 use crate::cli::{exit, ClientOpts};
 use crate::proto::v1::compare_and_swap_request::Expected;
 use crate::proto::v1::{CompareAndSwapRequest, CompareAndSwapResponse};
@@ -83,13 +82,14 @@ fn cas_request(args: &CasArgs) -> Result<CompareAndSwapRequest, CliError> {
 pub async fn cas(args: CasArgs) -> Result<(), CliError> {
     let message = cas_request(&args)?;
     let client = Client::new(&args.client)?;
-    // Not `call`: a CAS must not be re-sent after an ambiguous failure (see the method).
+    let key = idempotency_key();
     let response = client
-        .call_at_most_once(|channel, remaining| {
+        .call(|channel, remaining| {
             let message = message.clone();
+            let key = &key;
             async move {
                 kv(channel)
-                    .compare_and_swap(request(message, remaining))
+                    .compare_and_swap(write_request(message, remaining, key))
                     .await
             }
         })

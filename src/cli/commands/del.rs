@@ -7,7 +7,7 @@
 use clap::Args;
 
 use super::{batch, emit, emit_line, kv};
-use crate::cli::client::{request, CliError, Client};
+use crate::cli::client::{idempotency_key, write_request, CliError, Client};
 use crate::cli::ClientOpts;
 use crate::proto::v1::batch_op::Op;
 use crate::proto::v1::{BatchOp, DeleteRequest};
@@ -35,12 +35,18 @@ pub async fn del(args: DelArgs) -> Result<(), CliError> {
 }
 
 async fn del_one(client: &Client, key: &str) -> Result<(), CliError> {
+    let idempotency = idempotency_key();
     let response = client
         .call(|channel, remaining| {
             let message = DeleteRequest {
                 key: key.to_string(),
             };
-            async move { kv(channel).delete(request(message, remaining)).await }
+            let idempotency = &idempotency;
+            async move {
+                kv(channel)
+                    .delete(write_request(message, remaining, idempotency))
+                    .await
+            }
         })
         .await?
         .into_inner();

@@ -45,7 +45,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use super::client::{request, CliError, Client};
+use super::client::{idempotency_key, write_request, CliError, Client};
 use super::exit;
 use crate::proto::v1::kv_client::KvClient;
 use crate::proto::v1::{BatchOp, BatchRequest, Consistency};
@@ -109,15 +109,21 @@ fn aligned(rows: &[(&str, String)]) -> String {
         .collect()
 }
 
-/// One atomic Batch; retried on failover like Put (applying the same ops twice is harmless).
+/// One atomic Batch; retried on failover with one idempotency key, so it applies once.
 async fn batch(
     client: &Client,
     ops: Vec<BatchOp>,
 ) -> Result<crate::proto::v1::BatchResponse, CliError> {
+    let idempotency = idempotency_key();
     let response = client
         .call(|channel, remaining| {
             let message = BatchRequest { ops: ops.clone() };
-            async move { kv(channel).batch(request(message, remaining)).await }
+            let idempotency = &idempotency;
+            async move {
+                kv(channel)
+                    .batch(write_request(message, remaining, idempotency))
+                    .await
+            }
         })
         .await?;
     Ok(response.into_inner())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{batch, emit_line, kv, ttl_ms, usage};
-use crate::cli::client::{request, CliError, Client};
+use crate::cli::client::{idempotency_key, write_request, CliError, Client};
 use crate::cli::ClientOpts;
 use crate::proto::v1::batch_op::Op;
 use crate::proto::v1::{BatchOp, PutRequest};
@@ -167,6 +167,7 @@ async fn put_one(
     value: Vec<u8>,
     ttl_ms: u64,
 ) -> Result<(), CliError> {
+    let idempotency = idempotency_key();
     let response = client
         .call(|channel, remaining| {
             let message = PutRequest {
@@ -174,7 +175,12 @@ async fn put_one(
                 value: value.clone(),
                 ttl_ms,
             };
-            async move { kv(channel).put(request(message, remaining)).await }
+            let idempotency = &idempotency;
+            async move {
+                kv(channel)
+                    .put(write_request(message, remaining, idempotency))
+                    .await
+            }
         })
         .await?;
     emit_line(&format!("OK revision={}", response.into_inner().revision))

@@ -120,6 +120,11 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Send an idempotency key with every write (raftkv only), to measure what exactly-once
+    /// writes cost.
+    #[arg(long)]
+    pub idempotency: bool,
 }
 
 impl BenchArgs {
@@ -141,6 +146,9 @@ impl BenchArgs {
         }
         if self.endpoints.iter().all(|e| e.trim().is_empty()) {
             return Err("--endpoints is empty".into());
+        }
+        if self.idempotency && self.target != TargetKind::Raftkv {
+            return Err("--idempotency applies to --target raftkv only".into());
         }
         Ok(())
     }
@@ -260,6 +268,16 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The idempotency key of one write: unique per run, client and write.
+fn write_idempotency_key(run: &str, client: u64, write: u64) -> String {
+    format!("{run}-{client}-{write}")
+}
+
+/// A write's idempotency key when `--idempotency` asks for one.
+fn idem(args: &BenchArgs, next: &mut impl FnMut() -> String) -> Option<String> {
+    args.idempotency.then(next)
+}
+
 async fn client_loop(
     client: u64,
     args: BenchArgs,
@@ -270,6 +288,13 @@ async fn client_loop(
     measured_ops: Arc<AtomicU64>,
 ) -> Tally {
     let mut rng = Rng(0x5EED ^ client.wrapping_mul(0x1000_0001));
+    // Distinct across clients and runs, so no key of this run meets one of an earlier run.
+    let run = crate::cli::client::idempotency_key();
+    let mut writes = 0u64;
+    let mut write_key = move || {
+        writes += 1;
+        write_idempotency_key(&run, client, writes)
+    };
     let mut tally = Tally {
         latency_us: new_histogram(),
         errors: BTreeMap::new(),
@@ -278,17 +303,27 @@ async fn client_loop(
         let key = args.key(rng.below(args.keys));
         let sent = Instant::now();
         let outcome = match args.workload {
-            Workload::Put => connection.put(&key, &value).await,
+            Workload::Put => {
+                connection
+                    .put(&key, &value, idem(&args, &mut write_key))
+                    .await
+            }
             Workload::Get => connection.get(&key, args.stale).await,
             Workload::Mixed if rng.chance(args.read_ratio) => {
                 connection.get(&key, args.stale).await
             }
-            Workload::Mixed => connection.put(&key, &value).await,
+            Workload::Mixed => {
+                connection
+                    .put(&key, &value, idem(&args, &mut write_key))
+                    .await
+            }
             Workload::Batch => {
                 let keys: Vec<String> = (0..args.batch_size)
                     .map(|_| args.key(rng.below(args.keys)))
                     .collect();
-                connection.batch(&keys, &value).await
+                connection
+                    .batch(&keys, &value, idem(&args, &mut write_key))
+                    .await
             }
             Workload::Scan => connection.scan(&key, args.scan_limit, args.stale).await,
         };

@@ -125,7 +125,7 @@ pub async fn prepopulate(
         let end = (next + chunk).min(args.keys);
         let keys: Vec<String> = (next..end).map(|n| args.key(n)).collect();
         connection
-            .batch(&keys, value)
+            .batch(&keys, value, None)
             .await
             .map_err(|code| unavailable(format!("prepopulating keys failed: {code}")))?;
         next = end;
@@ -133,15 +133,35 @@ pub async fn prepopulate(
     Ok(())
 }
 
+/// A request carrying an idempotency key when given.
+fn keyed<T>(message: T, idempotency: Option<String>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = idempotency.and_then(|key| key.parse().ok()) {
+        request
+            .metadata_mut()
+            .insert(crate::replica::idempotency::METADATA_KEY, value);
+    }
+    request
+}
+
 impl Connection {
-    pub async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+    /// One write; `idempotency` is the key it carries, if any (raftkv only).
+    pub async fn put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        idempotency: Option<String>,
+    ) -> Result<(), String> {
         match self {
             Connection::Raftkv(kv) => kv
-                .put(PutRequest {
-                    key: key.to_string(),
-                    value: value.to_vec(),
-                    ttl_ms: 0,
-                })
+                .put(keyed(
+                    PutRequest {
+                        key: key.to_string(),
+                        value: value.to_vec(),
+                        ttl_ms: 0,
+                    },
+                    idempotency,
+                ))
                 .await
                 .map(drop)
                 .map_err(|s| code(&s)),
@@ -169,7 +189,12 @@ impl Connection {
     }
 
     /// One atomic write of every key (raftkv: Batch; etcd: a Txn of puts).
-    pub async fn batch(&mut self, keys: &[String], value: &[u8]) -> Result<(), String> {
+    pub async fn batch(
+        &mut self,
+        keys: &[String],
+        value: &[u8],
+        idempotency: Option<String>,
+    ) -> Result<(), String> {
         match self {
             Connection::Raftkv(kv) => {
                 let ops = keys
@@ -182,7 +207,7 @@ impl Connection {
                         })),
                     })
                     .collect();
-                kv.batch(BatchRequest { ops })
+                kv.batch(keyed(BatchRequest { ops }, idempotency))
                     .await
                     .map(drop)
                     .map_err(|s| code(&s))
