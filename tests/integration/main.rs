@@ -13,6 +13,8 @@ mod cluster;
 mod crash_restart;
 mod hostile_peer;
 mod http;
+#[cfg(feature = "failpoints")]
+mod idempotency;
 mod linearizability;
 mod ops;
 #[cfg(feature = "failpoints")]
