@@ -186,6 +186,13 @@ async fn run(seed: u64, workload: Duration) {
         counts.ok > 100,
         "too few successful operations to mean anything"
     );
+    // The nemesis's faults last at most 4 s and a write is retried for 7.5 s: most retried
+    // writes must end with a definite answer, or the retries (and their keys) do not work.
+    assert!(
+        retried < 10 || counts.retries_resolved * 2 >= retried,
+        "only {} of {retried} writes retried with their idempotency key got a definite answer",
+        counts.retries_resolved
+    );
 }
 
 /// Before the workload: a leader cut off from both followers by the firewall must be replaced.

@@ -30,13 +30,16 @@ use super::rng::Rng;
 /// shorter); the operation is then ambiguous.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(2500);
 
-/// Further attempts of a write whose outcome is ambiguous, each through another node.
-const RETRIES: u32 = 3;
-/// No retry starts this long after the write's first attempt was sent.
+/// Most further attempts of a write whose outcome is ambiguous, each through another node.
+const RETRIES: u32 = 7;
+/// No retry starts this long after the write's first attempt was sent: long enough to outlast
+/// the nemesis's faults (1-4 s), so that most ambiguous writes get a definite answer.
 const RETRY_WITHIN: Duration = OP_TIMEOUT.saturating_mul(3);
-/// The pause before the first retry; doubled before each later one (plus up to as much again
-/// at random, so that clients do not retry in step).
+/// The pause before the first retry; doubled before each later one up to
+/// [`RETRY_BACKOFF_MAX_MS`] (plus up to as much again at random, so that clients do not retry
+/// in step).
 const RETRY_BACKOFF_MS: u64 = 100;
+const RETRY_BACKOFF_MAX_MS: u64 = 1_000;
 
 /// The gRPC metadata that carries a write's idempotency key.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -185,7 +188,7 @@ impl Client {
             if !again {
                 break;
             }
-            let backoff = RETRY_BACKOFF_MS << (attempts - 1);
+            let backoff = (RETRY_BACKOFF_MS << (attempts - 1)).min(RETRY_BACKOFF_MAX_MS);
             let pause = backoff + self.rng.below(backoff + 1);
             tokio::time::sleep(Duration::from_millis(pause)).await;
             let others = self.nodes.len() as u64 - 1;
