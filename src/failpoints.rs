@@ -21,7 +21,9 @@
 //!   (`sleep` holds an install open while openraft's purge for it runs);
 //! - `snapshot-install-crash`: right after the previous one, for `crash`;
 //! - `clock-skew-ms`: `return(MS)` shifts this node's wall clock by MS (negative: behind);
-//! - `expiry-skip`: `return` keeps the leader from proposing `Expire` entries.
+//! - `expiry-skip`: `return` keeps the leader from proposing `Expire` entries;
+//! - `write-answer-before`: the leader has applied a client's write and not yet answered it
+//!   (`crash` there loses the answer of a committed write).
 
 /// Configures the failpoints named in `RAFTKV_FAILPOINTS`. An error names the bad part; a build
 /// without the `failpoints` feature refuses a non-empty setting rather than ignore it silently.
