@@ -9,11 +9,15 @@ usage() {
   cat <<'USAGE'
 Usage: scripts/bench-ab.sh --a "SERVE ARGS" --b "SERVE ARGS" [--rounds 3]
                            [--bench "put --clients 64 --duration 5s --warmup 1s"]
-                           [--binary target/release/raftkv] [--binary-b PATH]
+                           [--bench-b "BENCH ARGS"] [--binary target/release/raftkv]
+                           [--binary-b PATH]
 
 Example, the cost of fdatasync:
   scripts/bench-ab.sh --a "" --b "--unsafe-no-fsync" --bench "put --clients 1 --duration 5s"
---binary-b runs side B with another binary (for a before/after comparison of a change).
+--binary-b runs side B with another binary (for a before/after comparison of a change);
+--bench-b gives side B its own bench arguments, e.g. the cost of idempotency keys:
+  scripts/bench-ab.sh --a "" --b "" --bench "put --clients 64 --duration 5s" \
+    --bench-b "put --clients 64 --duration 5s --idempotency"
 USAGE
 }
 
@@ -21,6 +25,7 @@ a_args=""
 b_args=""
 rounds=3
 bench="put --clients 64 --duration 5s --warmup 1s"
+bench_b=""
 root="$(cd "$(dirname "$0")/.." && pwd)"
 binary="$root/target/release/raftkv"
 binary_b=""
@@ -30,6 +35,7 @@ while [ $# -gt 0 ]; do
     --b) b_args="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --bench) bench="$2"; shift 2 ;;
+    --bench-b) bench_b="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
     --binary-b) binary_b="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -37,6 +43,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 binary_b="${binary_b:-$binary}"
+bench_b="${bench_b:-$bench}"
 [ -x "$binary" ] || { echo "error: $binary not built (cargo build --release)" >&2; exit 2; }
 [ -x "$binary_b" ] || { echo "error: $binary_b not found" >&2; exit 2; }
 
@@ -50,7 +57,7 @@ stop_cluster() {
 trap 'stop_cluster; rm -rf "$workdir"' EXIT
 
 endpoints="127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503"
-run_side() { # $1 = side name, $2 = binary, $3 = extra serve args
+run_side() { # $1 = side name, $2 = binary, $3 = extra serve args, $4 = bench args
   local cluster="1=127.0.0.1:7501,2=127.0.0.1:7502,3=127.0.0.1:7503"
   rm -rf "$workdir/data"
   for i in 1 2 3; do
@@ -65,7 +72,7 @@ run_side() { # $1 = side name, $2 = binary, $3 = extra serve args
     sleep 0.2
   done
   # shellcheck disable=SC2086
-  "$2" bench $bench --endpoints "$endpoints" --json >"$workdir/$1.json"
+  "$2" bench $4 --endpoints "$endpoints" --json >"$workdir/$1.json"
   stop_cluster
   python3 - "$1" "$workdir/$1.json" <<'PY'
 import json, sys
@@ -77,12 +84,13 @@ print(f"{side}\t{ops}\t{p50}\t{p99}\t{errors}", flush=True)
 PY
 }
 
-echo "# bench: $bench; A: '$a_args' ($binary); B: '$b_args' ($binary_b); $rounds rounds"
+echo "# A: bench $bench, serve '$a_args' ($binary)"
+echo "# B: bench $bench_b, serve '$b_args' ($binary_b); $rounds rounds"
 echo -e "side\tops/s\tp50 ms\tp99 ms\terrors"
 results="$workdir/results.tsv"
 for _ in $(seq "$rounds"); do
-  run_side A "$binary" "$a_args" | tee -a "$results"
-  run_side B "$binary_b" "$b_args" | tee -a "$results"
+  run_side A "$binary" "$a_args" "$bench" | tee -a "$results"
+  run_side B "$binary_b" "$b_args" "$bench_b" | tee -a "$results"
 done
 python3 - "$results" <<'PY'
 import statistics, sys
