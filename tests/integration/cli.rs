@@ -376,12 +376,23 @@ fn interrupt_and_wait(child: &mut std::process::Child) -> std::process::ExitStat
     }
 }
 
-/// Kills the playground (and with it nothing else) if the test fails midway.
+/// Stops the playground if the test fails midway: Ctrl-C first, so that it stops the three
+/// nodes it started (a SIGKILL would leave them running), then SIGKILL if it has not exited
+/// within 15 s.
 struct Reaper(Option<std::process::Child>);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
         if let Some(child) = &mut self.0 {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
