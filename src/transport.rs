@@ -1,13 +1,16 @@
 //! Every gRPC connection raftkv makes or accepts is built here: peer and forwarding channels,
 //! client channels (CLI, bench, playground), and the server with its listener. Transport
-//! settings (TCP_NODELAY, keep-alive, time limits, later TLS) therefore have one place each.
+//! settings (TCP_NODELAY, keep-alive, time limits, TLS) therefore have one place each.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::server::{Router, Server, TcpIncoming};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 
 /// How long a peer or forwarding connection may take to open.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,44 +56,126 @@ pub fn source_ip(listen: SocketAddr) -> Option<IpAddr> {
 
 /// The endpoint for `address` (`host:port`, or a URI with its scheme), with small requests
 /// sent at once rather than held back by Nagle's algorithm.
-fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpoint, String> {
-    let uri = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
+///
+/// With `tls` the connection is TLS (`https`), verified against its CA and presenting its
+/// identity when it has one; an `https://` address without `tls` is refused rather than sent
+/// in plain text.
+fn endpoint(
+    address: &str,
+    connect_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, String> {
+    let uri = match (address.split_once("://"), tls) {
+        (Some(("https", _)), None) => {
+            return Err("an https:// endpoint needs --cacert (the CA that signed it)".into())
+        }
+        (Some((_, rest)), Some(_)) => format!("https://{rest}"),
+        (Some(_), None) => address.to_string(),
+        (None, Some(_)) => format!("https://{address}"),
+        (None, None) => format!("http://{address}"),
     };
-    Endpoint::from_shared(uri)
-        .map(|endpoint| endpoint.connect_timeout(connect_timeout).tcp_nodelay(true))
-        .map_err(|e| e.to_string())
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.clone()).map_err(|e| e.to_string()),
+        None => Ok(endpoint),
+    }
 }
 
-/// A channel to a peer or leader that connects on first use and reconnects by itself after
-/// failures; its connections leave from `source` when given (see [`source_ip`]). HTTP/2
-/// keep-alive notices a peer that vanished without closing the connection.
-pub fn lazy_channel(address: &str, source: Option<IpAddr>) -> Result<Channel, String> {
-    endpoint(address, PEER_CONNECT_TIMEOUT)
-        .map(|endpoint| {
-            endpoint
-                .local_address(source)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .connect_lazy()
-        })
-        .map_err(|e| format!("invalid address {address:?}: {e}"))
+/// Reads a PEM file named by a flag, saying which flag when it cannot.
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(format!("{flag} {} is not a PEM file", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// TLS for a client (or a node dialling its peers): the CA to verify servers against, and the
+/// certificate and key to present when the server asks for one.
+pub fn client_tls(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    flags: [&str; 3],
+) -> Result<ClientTlsConfig, String> {
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(flags[0], ca)?));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            read_pem(flags[1], cert)?,
+            read_pem(flags[2], key)?,
+        ));
+    }
+    Ok(tls)
+}
+
+/// TLS for the server: its certificate and key, and with `client_ca` the CA every client must
+/// present a certificate from (`--client-cert-auth`).
+pub fn server_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerTlsConfig, String> {
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read_pem("--cert-file", cert)?,
+        read_pem("--key-file", key)?,
+    ));
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem("--trusted-ca-file", ca)?));
+    }
+    Ok(tls)
+}
+
+/// How a node reaches its peers and the leader: from which source address, and with which TLS.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    /// See [`source_ip`].
+    pub source: Option<IpAddr>,
+    /// The node's TLS as a client of its peers, when its server speaks TLS.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Dialer {
+    /// A channel to a peer or leader that connects on first use and reconnects by itself after
+    /// failures. HTTP/2 keep-alive notices a peer that vanished without closing the connection.
+    pub fn lazy_channel(&self, address: &str) -> Result<Channel, String> {
+        endpoint(address, PEER_CONNECT_TIMEOUT, self.tls.as_ref())
+            .map(|endpoint| {
+                endpoint
+                    .local_address(self.source)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy()
+            })
+            .map_err(|e| format!("invalid address {address:?}: {e}"))
+    }
 }
 
 /// A client's channel to `address`, connected now.
-pub async fn connect(address: &str, connect_timeout: Duration) -> Result<Channel, ConnectError> {
-    endpoint(address, connect_timeout)
+pub async fn connect(
+    address: &str,
+    connect_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, ConnectError> {
+    endpoint(address, connect_timeout, tls)
         .map_err(|e| ConnectError::Invalid(format!("bad endpoint {address:?}: {e}")))?
         .connect()
         .await
         .map_err(|e| ConnectError::Unreachable(format!("cannot connect to {address}: {e}")))
 }
 
-/// The gRPC server every node runs; services are added by the caller.
-pub fn server() -> Server {
-    Server::builder()
+/// The gRPC server every node runs, with TLS when given; services are added by the caller.
+pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, String> {
+    let builder = Server::builder();
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls)
+            .map_err(|e| format!("invalid TLS settings: {e}")),
+        None => Ok(builder),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves. Accepted sockets get TCP_NODELAY:
@@ -124,12 +209,13 @@ mod tests {
 
     #[test]
     fn addresses_get_a_scheme_unless_they_have_one() {
-        let plain = endpoint("127.0.0.1:7001", PEER_CONNECT_TIMEOUT).map(|e| e.uri().to_string());
+        let plain =
+            endpoint("127.0.0.1:7001", PEER_CONNECT_TIMEOUT, None).map(|e| e.uri().to_string());
         assert_eq!(plain.as_deref(), Ok("http://127.0.0.1:7001/"));
         let given =
-            endpoint("http://node1:7001", PEER_CONNECT_TIMEOUT).map(|e| e.uri().to_string());
+            endpoint("http://node1:7001", PEER_CONNECT_TIMEOUT, None).map(|e| e.uri().to_string());
         assert_eq!(given.as_deref(), Ok("http://node1:7001/"));
-        assert!(endpoint("not an address", PEER_CONNECT_TIMEOUT).is_err());
+        assert!(endpoint("not an address", PEER_CONNECT_TIMEOUT, None).is_err());
     }
 
     #[test]

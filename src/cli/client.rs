@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
 use super::{exit, ClientOpts};
@@ -52,6 +52,7 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct Client {
     endpoints: Vec<String>,
     timeout: Duration,
+    tls: Option<ClientTlsConfig>,
 }
 
 fn retryable(status: &Status) -> bool {
@@ -75,6 +76,7 @@ impl Client {
         Ok(Self {
             endpoints,
             timeout: opts.timeout,
+            tls: opts.tls.load()?,
         })
     }
 
@@ -82,8 +84,17 @@ impl Client {
         MAX_MESSAGE_BYTES
     }
 
-    pub async fn connect(endpoint: &str) -> Result<Channel, Status> {
-        transport::connect(endpoint, CONNECT_TIMEOUT)
+    /// A channel to `endpoint` with this client's TLS.
+    pub async fn connect(&self, endpoint: &str) -> Result<Channel, Status> {
+        Self::connect_with(endpoint, self.tls.as_ref()).await
+    }
+
+    /// A channel to `endpoint`, with `tls` when given.
+    pub async fn connect_with(
+        endpoint: &str,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Channel, Status> {
+        transport::connect(endpoint, CONNECT_TIMEOUT, tls)
             .await
             .map_err(|e| match e {
                 ConnectError::Invalid(message) => Status::invalid_argument(message),
@@ -120,7 +131,7 @@ impl Client {
                 // use up the whole deadline before the healthy endpoints behind it are tried.
                 let budget = remaining.min(self.attempt_budget());
                 let attempt = async {
-                    let channel = Self::connect(endpoint).await?;
+                    let channel = self.connect(endpoint).await?;
                     call(channel, budget).await
                 };
                 match tokio::time::timeout(budget, attempt).await {

@@ -5,9 +5,12 @@
 pub mod client;
 pub mod commands;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use tonic::transport::ClientTlsConfig;
 
 use self::client::CliError;
 use crate::server::config::ServeArgs;
@@ -64,6 +67,9 @@ pub enum Command {
     Health(commands::HealthArgs),
     /// Load a cluster and report throughput and latency percentiles.
     Bench(commands::BenchArgs),
+    /// Certificates for trying TLS (`raftkv certs init DIR`).
+    #[command(subcommand)]
+    Certs(commands::CertsCommand),
 }
 
 /// Where and how long a client command tries.
@@ -81,6 +87,55 @@ pub struct ClientOpts {
     /// Give up after this long (e.g. 500ms, 5s, 1m) of trying every endpoint.
     #[arg(long, env = "RAFTKV_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    #[command(flatten)]
+    pub tls: TlsOpts,
+}
+
+/// TLS for client commands, with etcdctl's flag names.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsOpts {
+    /// PEM CA certificate the nodes' certificates are verified against; switches TLS on.
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        value_name = "PATH",
+        env = "RAFTKV_CACERT"
+    )]
+    pub cacert: Option<PathBuf>,
+
+    /// PEM client certificate, for nodes started with --client-cert-auth (needs --key).
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        value_name = "PATH",
+        env = "RAFTKV_CERT",
+        requires_all = ["tls_key", "tls_cacert"]
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        value_name = "PATH",
+        env = "RAFTKV_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsOpts {
+    /// The TLS the flags ask for, read from their files; `None` without --cacert.
+    pub fn load(&self) -> Result<Option<ClientTlsConfig>, CliError> {
+        let Some(ca) = &self.cacert else {
+            return Ok(None);
+        };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        crate::transport::client_tls(ca, identity, ["--cacert", "--cert", "--key"])
+            .map(Some)
+            .map_err(|e| CliError::new(exit::USAGE, e))
+    }
 }
 
 /// Runs one parsed command.
@@ -98,5 +153,6 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         Command::Status(args) => commands::status(args).await,
         Command::Health(args) => commands::health(args).await,
         Command::Bench(args) => commands::bench(args).await,
+        Command::Certs(command) => commands::certs(command).await,
     }
 }

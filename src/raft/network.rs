@@ -14,7 +14,6 @@
 //! leadership for linearizable reads.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::transport::lazy_channel;
+use crate::transport::Dialer;
 
 use crate::proto::raft_v1::raft_client::RaftClient;
 use crate::proto::raft_v1::RaftMessage;
@@ -66,19 +65,19 @@ struct Peer {
 pub struct NetworkFactory {
     peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
     durable: DurableIndex,
-    /// Source address of peer connections (see [`crate::transport::source_ip`]).
-    source: Option<IpAddr>,
+    /// How peers are reached (source address, TLS).
+    dialer: Dialer,
 }
 
 impl NetworkFactory {
     /// A factory whose AppendEntries tell followers only commit indexes up to which this
     /// node's log is on disk (see [`CommitGate`]), and whose connections leave from `source`
     /// (see [`crate::transport::source_ip`]).
-    pub fn new(durable: DurableIndex, source: Option<IpAddr>) -> Self {
+    pub fn new(durable: DurableIndex, dialer: Dialer) -> Self {
         Self {
             peers: Arc::default(),
             durable,
-            source,
+            dialer,
         }
     }
 
@@ -91,7 +90,7 @@ impl NetworkFactory {
         }
         let peer = Peer {
             address: address.to_string(),
-            channel: lazy_channel(address, self.source),
+            channel: self.dialer.lazy_channel(address),
             reachable: Arc::new(AtomicBool::new(true)),
         };
         peers.insert(target, peer.clone());

@@ -12,7 +12,6 @@
 //! answers can be large, still go one RPC each.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use crate::proto::raft_v1::forward_client::ForwardClient;
 use crate::proto::raft_v1::{ForwardedCall, ForwardedCalls, KvMethod};
 use crate::proto::v1::kv_client::KvClient;
 use crate::raft::NodeId;
-use crate::transport::lazy_channel;
+use crate::transport::Dialer;
 
 /// Calls sent in one `Forward.Calls` message at most. Each answer is at most one value, so a
 /// message's answers stay far below [`FORWARD_MESSAGE_LIMIT`].
@@ -53,24 +52,19 @@ pub struct Forwarder {
     own_id: NodeId,
     message_limit: usize,
     timeout: Duration,
-    /// Source address of connections to leaders (see [`crate::transport::source_ip`]).
-    source: Option<IpAddr>,
+    /// How leaders are reached (source address, TLS).
+    dialer: Dialer,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>>,
 }
 
 impl Forwarder {
-    pub fn new(
-        own_id: NodeId,
-        message_limit: usize,
-        timeout: Duration,
-        source: Option<IpAddr>,
-    ) -> Self {
+    pub fn new(own_id: NodeId, message_limit: usize, timeout: Duration, dialer: Dialer) -> Self {
         Self {
             own_id,
             message_limit,
             timeout,
-            source,
+            dialer,
             channels: Arc::default(),
             queues: Arc::default(),
         }
@@ -125,7 +119,10 @@ impl Forwarder {
         match channels.get(address) {
             Some(channel) => Ok(channel.clone()),
             None => {
-                let channel = lazy_channel(address, self.source).map_err(Status::unavailable)?;
+                let channel = self
+                    .dialer
+                    .lazy_channel(address)
+                    .map_err(Status::unavailable)?;
                 channels.insert(address.to_string(), channel.clone());
                 Ok(channel)
             }

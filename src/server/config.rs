@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::raft::{NodeId, RaftSettings};
 use crate::text::parse_duration;
-use crate::transport::parse_host_port;
+use crate::transport::{self, parse_host_port};
+use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
 /// Settings of one node.
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +52,25 @@ pub struct ServeArgs {
     /// term. For tests and throwaway clusters only.
     #[arg(long, env = "RAFTKV_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
+
+    /// PEM certificate of this node: with --key-file, the gRPC port speaks only TLS. The node
+    /// presents it to its peers too, so it must name this node's address (and be valid for
+    /// client use when peers require client certificates).
+    #[arg(long, env = "RAFTKV_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+
+    /// PEM private key of --cert-file.
+    #[arg(long, env = "RAFTKV_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+
+    /// PEM CA certificate that signed the peers' certificates (and the clients', with
+    /// --client-cert-auth). Needed with --cert-file: peers are verified against it.
+    #[arg(long, env = "RAFTKV_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse clients (and peers) without a certificate signed by --trusted-ca-file.
+    #[arg(long, env = "RAFTKV_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
+    pub client_cert_auth: bool,
 
     /// Members of a new cluster as `id=host:port,…`. A node whose data dir is empty initialises
     /// the cluster with them; a node that already has state ignores this.
@@ -151,7 +171,39 @@ fn default_worker_threads() -> usize {
         .max(1)
 }
 
+/// A node's TLS: what its server presents and asks for, and how it dials its peers.
+pub struct NodeTls {
+    pub server: ServerTlsConfig,
+    pub peers: ClientTlsConfig,
+}
+
 impl ServeArgs {
+    /// The TLS settings the flags ask for, read from their files; `None` without --cert-file.
+    pub fn tls(&self) -> Result<Option<NodeTls>, String> {
+        let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else {
+            if self.trusted_ca_file.is_some() {
+                return Err("--trusted-ca-file needs --cert-file and --key-file".into());
+            }
+            return Ok(None);
+        };
+        let Some(ca) = &self.trusted_ca_file else {
+            return Err(
+                "--cert-file needs --trusted-ca-file, the CA its peers' certificates are \
+                 verified against"
+                    .into(),
+            );
+        };
+        let client_ca = self.client_cert_auth.then_some(ca.as_path());
+        Ok(Some(NodeTls {
+            server: transport::server_tls(cert, key, client_ca)?,
+            peers: transport::client_tls(
+                ca,
+                Some((cert, key)),
+                ["--trusted-ca-file", "--cert-file", "--key-file"],
+            )?,
+        }))
+    }
+
     /// The flags that tune openraft.
     pub fn raft_settings(&self) -> RaftSettings {
         RaftSettings {

@@ -69,7 +69,7 @@ pub async fn join_cluster(
     id: NodeId,
     address: String,
     endpoints: Vec<String>,
-    source: Option<std::net::IpAddr>,
+    dialer: crate::transport::Dialer,
 ) {
     if raft.is_initialized().await.unwrap_or(true) {
         let in_membership = raft
@@ -88,7 +88,7 @@ pub async fn join_cluster(
     let mut step_done = false;
     loop {
         for endpoint in &endpoints {
-            let Ok(channel) = crate::transport::lazy_channel(endpoint, source) else {
+            let Ok(channel) = dialer.lazy_channel(endpoint) else {
                 tracing::error!(endpoint, "--join: not a host:port address");
                 continue;
             };

@@ -33,7 +33,7 @@ use crate::raft::{raft_config, Raft};
 use crate::replica::forward::Forwarder;
 use crate::replica::idempotency;
 use crate::storage;
-use crate::transport::{self, source_ip};
+use crate::transport::{self, source_ip, Dialer};
 
 /// A running node.
 pub struct Node {
@@ -82,6 +82,7 @@ impl Node {
     /// Opens the data dir and starts Raft, the servers and the background tasks.
     pub async fn start(args: ServeArgs) -> anyhow::Result<Node> {
         let address = args.validate().map_err(|e| anyhow!(e))?;
+        let tls = args.tls().map_err(|e| anyhow!(e))?;
         crate::failpoints::configure_from_env().map_err(|e| anyhow!(e))?;
         let raft_settings = Arc::new(raft_config(&args.raft_settings())?);
         crate::memory::tune_allocator();
@@ -101,11 +102,18 @@ impl Node {
 
         let durable = log_store.durable_index();
         let snapshot_mark = log_store.snapshot_mark();
-        let source = source_ip(args.listen);
+        let (server_tls, peer_tls) = match tls {
+            Some(tls) => (Some(tls.server), Some(tls.peers)),
+            None => (None, None),
+        };
+        let dialer = Dialer {
+            source: source_ip(args.listen),
+            tls: peer_tls,
+        };
         let raft = Raft::new(
             args.id,
             raft_settings,
-            NetworkFactory::new(durable.clone(), source),
+            NetworkFactory::new(durable.clone(), dialer.clone()),
             log_store,
             state_machine,
         )
@@ -123,7 +131,12 @@ impl Node {
             max_value_bytes: args.max_value_bytes,
         };
         let timeout = Duration::from_millis(args.request_timeout_ms);
-        let forwarder = Forwarder::new(args.id, limits.grpc_message_limit(), timeout, source);
+        let forwarder = Forwarder::new(
+            args.id,
+            limits.grpc_message_limit(),
+            timeout,
+            dialer.clone(),
+        );
         let settings = KvSettings {
             limits,
             timeout,
@@ -157,7 +170,7 @@ impl Node {
                 args.id,
                 address.clone(),
                 args.join.clone(),
-                source,
+                dialer,
             ));
         }
 
@@ -188,7 +201,9 @@ impl Node {
             reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
         let reflection_v1alpha =
             reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
-        let router = transport::server()
+        let tls_on = server_tls.is_some();
+        let router = transport::server(server_tls)
+            .map_err(|e| anyhow!(e))?
             .add_service(KvService::server(kv.clone()))
             .add_service(ForwardService::server(kv))
             .add_service(ClusterService::server(
@@ -209,7 +224,7 @@ impl Node {
                 .context("gRPC server failed")
         });
 
-        tracing::info!(id = args.id, listen = %args.listen, advertise = %address,
+        tracing::info!(id = args.id, listen = %args.listen, advertise = %address, tls = tls_on,
             data_dir = %args.data_dir.display(), "raftkv node serving");
         Ok(node)
     }

@@ -20,5 +20,6 @@ mod ops;
 #[cfg(feature = "failpoints")]
 mod snapshot_install_crash;
 mod store_suite;
+mod tls;
 #[cfg(feature = "failpoints")]
 mod ttl_across_leaders;

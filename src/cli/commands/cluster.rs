@@ -160,14 +160,14 @@ pub async fn cluster(command: ClusterCommand) -> Result<(), CliError> {
 }
 
 async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
-    // Validates --endpoints the same way as every other command.
-    Client::new(&args.client)?;
+    // Validates --endpoints (and reads the TLS files) the same way as every other command.
+    let client = Client::new(&args.client)?;
     let mut failure = None;
     for endpoint in args.client.endpoints.iter().map(|e| e.trim()) {
         if endpoint.is_empty() {
             continue;
         }
-        let answer = match Client::connect(endpoint).await {
+        let answer = match client.connect(endpoint).await {
             Ok(channel) => ClusterClient::new(channel)
                 .snapshot(request(SnapshotRequest {}, args.client.timeout))
                 .await

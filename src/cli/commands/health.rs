@@ -19,8 +19,11 @@ pub struct HealthArgs {
     pub endpoint: String,
 
     /// Give up after this long.
-    #[arg(long, default_value = "2s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::text::parse_duration)]
     pub timeout: std::time::Duration,
+
+    #[command(flatten)]
+    pub tls: crate::cli::TlsOpts,
 }
 
 pub async fn health(args: HealthArgs) -> Result<(), CliError> {
@@ -29,8 +32,9 @@ pub async fn health(args: HealthArgs) -> Result<(), CliError> {
     use tonic_health::pb::HealthCheckRequest;
 
     let unavailable = |what: String| CliError::new(exit::UNAVAILABLE, what);
+    let tls = args.tls.load()?;
     let check = async {
-        let channel = Client::connect(&args.endpoint).await?;
+        let channel = Client::connect_with(&args.endpoint, tls.as_ref()).await?;
         HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),

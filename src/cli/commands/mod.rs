@@ -14,6 +14,7 @@
 
 pub mod bench;
 mod cas;
+mod certs;
 mod cluster;
 mod del;
 mod get;
@@ -26,6 +27,7 @@ mod serve;
 
 pub use bench::{run as bench, BenchArgs};
 pub use cas::{cas, CasArgs};
+pub use certs::{certs, CertsCommand};
 pub use cluster::{
     cluster, format_status, status, AddLearnerArgs, ClusterCommand, PromoteArgs, RemoveArgs,
     StatusArgs,

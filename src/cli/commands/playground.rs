@@ -158,7 +158,7 @@ fn invocation() -> String {
 }
 
 async fn leader_of(endpoint: &str) -> Option<u64> {
-    let channel = transport::connect(endpoint, Duration::from_secs(1))
+    let channel = transport::connect(endpoint, Duration::from_secs(1), None)
         .await
         .ok()?;
     let mut client = ClusterClient::new(channel);

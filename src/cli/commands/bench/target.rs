@@ -41,7 +41,7 @@ fn consistency(stale: bool) -> i32 {
 }
 
 async fn raftkv_channel(endpoint: &str) -> Result<Channel, CliError> {
-    transport::connect(endpoint, Duration::from_secs(2))
+    transport::connect(endpoint, Duration::from_secs(2), None)
         .await
         .map_err(|e| match e {
             ConnectError::Invalid(message) => CliError::new(exit::USAGE, message),
