@@ -439,6 +439,49 @@ fn run_printed_hints(banner: &str, cwd: &std::path::Path) {
 }
 
 #[test]
+fn a_tls_playground_serves_its_printed_hints_and_refuses_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_block();
+    let http_base = free_port_block();
+    let mut reaper = Reaper(Some(
+        Command::new(RAFTKV)
+            .current_dir(dir.path())
+            .args(["playground", "--tls", "--base-port", &base.to_string()])
+            .args(["--http-base-port", &http_base.to_string(), "--dir", "pg"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn playground"),
+    ));
+    let banner = wait_for_ready(reaper.0.as_mut().unwrap());
+    assert!(banner.contains("--cacert"), "{banner}");
+    assert!(banner.contains("grpcurl -cacert"), "{banner}");
+    assert!(
+        dir.path().join("pg/certs/ca.pem").exists(),
+        "certificates written on first use"
+    );
+    run_printed_hints(&banner, dir.path());
+    let plain = raftkv(&[
+        "put",
+        "plain",
+        "x",
+        "--endpoints",
+        &format!("127.0.0.1:{base}"),
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(
+        plain.status.code(),
+        Some(3),
+        "plaintext to a TLS playground"
+    );
+    let status = interrupt_and_wait(reaper.0.as_mut().unwrap());
+    assert!(status.success(), "playground exits 0 on Ctrl-C: {status}");
+    reaper.0 = None;
+}
+
+#[test]
 fn playground_starts_serves_stops_on_ctrl_c_and_resumes_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let pg_dir = dir.path().join("pg");

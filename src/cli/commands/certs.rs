@@ -55,10 +55,7 @@ fn init(args: &CertsInitArgs) -> Result<(), CliError> {
         return Err(CliError::new(exit::USAGE, "--nodes must be from 1 to 100"));
     }
     let hosts: Vec<String> = if args.hosts.is_empty() {
-        ["127.0.0.1".to_string(), "localhost".to_string()]
-            .into_iter()
-            .chain((1..=args.nodes).map(|i| format!("node{i}")))
-            .collect()
+        default_hosts(args.nodes)
     } else {
         args.hosts
             .iter()
@@ -69,9 +66,24 @@ fn init(args: &CertsInitArgs) -> Result<(), CliError> {
     if hosts.is_empty() {
         return Err(CliError::new(exit::USAGE, "--hosts is empty"));
     }
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| failed(&format!("create {}", args.dir.display()), e))?;
-    let existing = args.dir.join("ca.pem");
+    let summary = generate(&args.dir, args.nodes, &hosts)?;
+    emit_line(&summary)
+}
+
+/// The names every node certificate is valid for unless told otherwise: 127.0.0.1, localhost
+/// and node1 … nodeN.
+pub fn default_hosts(nodes: u32) -> Vec<String> {
+    ["127.0.0.1".to_string(), "localhost".to_string()]
+        .into_iter()
+        .chain((1..=nodes).map(|i| format!("node{i}")))
+        .collect()
+}
+
+/// Writes a CA, `nodes` node certificates valid for `hosts`, and a client certificate into
+/// `dir`; refuses to overwrite. Returns a one-line summary.
+pub fn generate(dir: &Path, nodes: u32, hosts: &[String]) -> Result<String, CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| failed(&format!("create {}", dir.display()), e))?;
+    let existing = dir.join("ca.pem");
     if existing.exists() {
         return Err(CliError::new(
             exit::USAGE,
@@ -97,21 +109,20 @@ fn init(args: &CertsInitArgs) -> Result<(), CliError> {
     let ca = ca_params
         .self_signed(&ca_key)
         .map_err(|e| failed("sign the CA", e))?;
-    write(&args.dir, "ca", &ca, &ca_key)?;
+    write(dir, "ca", &ca, &ca_key)?;
 
-    for i in 1..=args.nodes {
+    for i in 1..=nodes {
         let name = format!("node{i}");
-        let (cert, key) = leaf(&name, &hosts, &ca, &ca_key)?;
-        write(&args.dir, &name, &cert, &key)?;
+        let (cert, key) = leaf(&name, hosts, &ca, &ca_key)?;
+        write(dir, &name, &cert, &key)?;
     }
     let (cert, key) = leaf("client", &[], &ca, &ca_key)?;
-    write(&args.dir, "client", &cert, &key)?;
-    emit_line(&format!(
-        "wrote ca.pem, node1.pem … node{n}.pem and client.pem (each with its -key.pem) to {dir}; \
-         node certificates are valid for {hosts}",
-        n = args.nodes,
-        dir = args.dir.display(),
-        hosts = hosts.join(", ")
+    write(dir, "client", &cert, &key)?;
+    Ok(format!(
+        "wrote ca.pem, node1.pem … node{nodes}.pem and client.pem (each with its -key.pem) to \
+         {}; node certificates are valid for {}",
+        dir.display(),
+        hosts.join(", ")
     ))
 }
 

@@ -18,6 +18,7 @@ use crate::cli::exit;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::StatusRequest;
 use crate::transport;
+use tonic::transport::ClientTlsConfig;
 
 #[derive(Args, Debug)]
 pub struct PlaygroundArgs {
@@ -40,6 +41,11 @@ pub struct PlaygroundArgs {
     /// How long to wait for a leader before giving up.
     #[arg(long, default_value = "30s", value_parser = crate::text::parse_duration)]
     pub wait: Duration,
+
+    /// Serve gRPC over TLS with client certificates required (--client-cert-auth), using the
+    /// certificates in DIR/certs, written there with `raftkv certs init` on first use.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 struct Nodes {
@@ -97,6 +103,7 @@ fn spawn_node(
     id: u64,
     ports: (u16, u16),
     cluster: &str,
+    certs: Option<&Path>,
 ) -> Result<Child, CliError> {
     let fail = |what: String| CliError::new(exit::UNAVAILABLE, what);
     let log_path = dir.join(format!("node{id}.log"));
@@ -110,14 +117,26 @@ fn spawn_node(
         .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
     let offset = id as u16 - 1;
     let (port, http_port) = (ports.0 + offset, ports.1 + offset);
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("serve")
         .args(["--id", &id.to_string()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .arg("--data-dir")
         .arg(dir.join(format!("node{id}")))
-        .args(["--initial-cluster", cluster])
+        .args(["--initial-cluster", cluster]);
+    if let Some(certs) = certs {
+        command
+            .arg("--cert-file")
+            .arg(certs.join(format!("node{id}.pem")))
+            .arg("--key-file")
+            .arg(certs.join(format!("node{id}-key.pem")))
+            .arg("--trusted-ca-file")
+            .arg(certs.join("ca.pem"))
+            .arg("--client-cert-auth");
+    }
+    command
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
@@ -149,16 +168,21 @@ fn invocation() -> String {
         Some(path) => path.display().to_string(),
         None => exe.display().to_string(),
     };
+    shell_word(&shown)
+}
+
+/// `word` as the shell reads it back: itself when plain, else single-quoted.
+fn shell_word(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+".contains(c);
-    if shown.chars().all(plain) {
-        shown
+    if word.chars().all(plain) {
+        word.to_string()
     } else {
-        format!("'{}'", shown.replace('\'', "'\\''"))
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
-async fn leader_of(endpoint: &str) -> Option<u64> {
-    let channel = transport::connect(endpoint, Duration::from_secs(1), None)
+async fn leader_of(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Option<u64> {
+    let channel = transport::connect(endpoint, Duration::from_secs(1), tls)
         .await
         .ok()?;
     let mut client = ClusterClient::new(channel);
@@ -191,6 +215,23 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
         .collect::<Vec<_>>()
         .join(",");
 
+    let certs = dir.join("certs");
+    let client_tls = if args.tls {
+        if !certs.join("ca.pem").exists() {
+            let summary = super::certs::generate(&certs, 3, &super::certs::default_hosts(3))?;
+            println!("{summary}");
+        }
+        let tls = transport::client_tls(
+            &certs.join("ca.pem"),
+            Some((&certs.join("client.pem"), &certs.join("client-key.pem"))),
+            ["ca.pem", "client.pem", "client-key.pem"],
+        )
+        .map_err(fail)?;
+        Some(tls)
+    } else {
+        None
+    };
+
     let mut nodes = Nodes {
         children: Vec::new(),
     };
@@ -201,6 +242,7 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
             id,
             (args.base_port, args.http_base_port),
             &cluster,
+            args.tls.then_some(certs.as_path()),
         )?;
         nodes.children.push((id, child));
     }
@@ -213,7 +255,7 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
                 dir.join(format!("node{id}.log")).display()
             )));
         }
-        if let Some(leader) = leader_of(&endpoints[0]).await {
+        if let Some(leader) = leader_of(&endpoints[0], client_tls.as_ref()).await {
             break leader;
         }
         if Instant::now() >= deadline {
@@ -238,17 +280,37 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     }
     println!();
     let raftkv = invocation();
+    // With TLS every client command and grpcurl call names the CA and the client certificate.
+    let shown = |file: &str| shell_word(&certs.join(file).display().to_string());
+    let (cli_tls, grpcurl_tls) = if args.tls {
+        (
+            format!(
+                " --cacert {} --cert {} --key {}",
+                shown("ca.pem"),
+                shown("client.pem"),
+                shown("client-key.pem")
+            ),
+            format!(
+                "-cacert {} -cert {} -key {}",
+                shown("ca.pem"),
+                shown("client.pem"),
+                shown("client-key.pem")
+            ),
+        )
+    } else {
+        (String::new(), "-plaintext".to_string())
+    };
     println!("Try:");
-    println!("  {raftkv} put greeting hello --endpoints {list}");
-    println!("  {raftkv} get greeting --endpoints {list}");
-    println!("  {raftkv} status --endpoints {}", endpoints[1]);
-    println!("  grpcurl -plaintext {} list", endpoints[0]);
+    println!("  {raftkv} put greeting hello --endpoints {list}{cli_tls}");
+    println!("  {raftkv} get greeting --endpoints {list}{cli_tls}");
+    println!("  {raftkv} status --endpoints {}{cli_tls}", endpoints[1]);
+    println!("  grpcurl {grpcurl_tls} {} list", endpoints[0]);
     println!(
-        "  grpcurl -plaintext -d '{{\"key\":\"greeting\",\"value\":\"aGVsbG8=\"}}' {} raftkv.v1.KV/Put",
+        "  grpcurl {grpcurl_tls} -d '{{\"key\":\"greeting\",\"value\":\"aGVsbG8=\"}}' {} raftkv.v1.KV/Put",
         endpoints[0]
     );
     println!(
-        "  grpcurl -plaintext -d '{{\"key\":\"greeting\"}}' {} raftkv.v1.KV/Get",
+        "  grpcurl {grpcurl_tls} -d '{{\"key\":\"greeting\"}}' {} raftkv.v1.KV/Get",
         endpoints[1]
     );
     println!(

@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// writes cost.
     #[arg(long)]
     pub idempotency: bool,
+
+    /// TLS to raftkv nodes (`--cacert`, `--cert`, `--key`, as for every client command).
+    #[command(flatten)]
+    pub tls: crate::cli::TlsOpts,
 }
 
 impl BenchArgs {

@@ -40,8 +40,9 @@ fn consistency(stale: bool) -> i32 {
     }
 }
 
-async fn raftkv_channel(endpoint: &str) -> Result<Channel, CliError> {
-    transport::connect(endpoint, Duration::from_secs(2), None)
+async fn raftkv_channel(args: &BenchArgs, endpoint: &str) -> Result<Channel, CliError> {
+    let tls = args.tls.load()?;
+    transport::connect(endpoint, Duration::from_secs(2), tls.as_ref())
         .await
         .map_err(|e| match e {
             ConnectError::Invalid(message) => CliError::new(exit::USAGE, message),
@@ -61,7 +62,7 @@ pub async fn resolve_endpoints(args: &BenchArgs) -> Result<Vec<String>, CliError
         return Ok(endpoints);
     }
     for endpoint in &endpoints {
-        let Ok(channel) = raftkv_channel(endpoint).await else {
+        let Ok(channel) = raftkv_channel(args, endpoint).await else {
             continue;
         };
         if let Ok(status) = ClusterClient::new(channel).status(StatusRequest {}).await {
@@ -84,7 +85,7 @@ pub async fn connect(args: &BenchArgs, endpoints: &[String]) -> Result<Vec<Conne
         let connection =
             match args.target {
                 TargetKind::Raftkv => Connection::Raftkv(
-                    KvClient::new(raftkv_channel(endpoint).await?)
+                    KvClient::new(raftkv_channel(args, endpoint).await?)
                         .max_decoding_message_size(256 << 20)
                         .max_encoding_message_size(256 << 20),
                 ),
