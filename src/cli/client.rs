@@ -209,10 +209,7 @@ pub fn idempotency_key() -> String {
 /// A write request bounded by the deadline and carrying the command's idempotency key.
 pub fn write_request<T>(message: T, remaining: Duration, key: &str) -> tonic::Request<T> {
     let mut request = request(message, remaining);
-    if let Ok(value) = key.parse() {
-        request
-            .metadata_mut()
-            .insert(crate::replica::idempotency::METADATA_KEY, value);
-    }
+    // The CLI's own keys are ASCII hex: attaching cannot fail.
+    let _ = crate::replica::idempotency::attach(&mut request, key);
     request
 }

@@ -146,12 +146,7 @@ fn keyed<T>(message: T, headers: &HeaderMap) -> Result<tonic::Request<T>, Failur
             .to_str()
             .map_err(|_| Failure::bad_request("Idempotency-Key must be printable ASCII"))?;
         idempotency::check_key(key)?;
-        let key = key
-            .parse()
-            .map_err(|_| Failure::bad_request("Idempotency-Key must be printable ASCII"))?;
-        request
-            .metadata_mut()
-            .insert(idempotency::METADATA_KEY, key);
+        idempotency::attach(&mut request, key)?;
     }
     Ok(request)
 }

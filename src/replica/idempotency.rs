@@ -66,6 +66,15 @@ pub fn key_of(metadata: &MetadataMap) -> Result<Option<String>, Status> {
     Ok(Some(key.to_string()))
 }
 
+/// Puts `key` into a request's metadata, as a client (or a follower forwarding) sends it.
+pub fn attach<T>(request: &mut tonic::Request<T>, key: &str) -> Result<(), Status> {
+    let value = key
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("{METADATA_KEY} must be printable ASCII")))?;
+    request.metadata_mut().insert(METADATA_KEY, value);
+    Ok(())
+}
+
 /// The tag of a request with this key: its fingerprint covers the method and the request as
 /// protobuf encodes it, so a follower that forwards the request and the leader that receives
 /// it compute the same one.

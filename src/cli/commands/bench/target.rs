@@ -137,10 +137,9 @@ pub async fn prepopulate(
 /// A request carrying an idempotency key when given.
 fn keyed<T>(message: T, idempotency: Option<String>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if let Some(value) = idempotency.and_then(|key| key.parse().ok()) {
-        request
-            .metadata_mut()
-            .insert(crate::replica::idempotency::METADATA_KEY, value);
+    if let Some(key) = idempotency {
+        // The bench's own keys are ASCII: attaching cannot fail.
+        let _ = crate::replica::idempotency::attach(&mut request, &key);
     }
     request
 }
