@@ -29,8 +29,9 @@ ENV RAFTKV_LISTEN=0.0.0.0:7001 \
     RAFTKV_DATA_DIR=/data \
     RAFTKV_LOG=info
 
-# gRPC (KV, Cluster, Raft, health, reflection) and the HTTP gateway (when RAFTKV_HTTP_LISTEN is set).
-EXPOSE 7001 8001
+# gRPC for clients (KV, Cluster, health, reflection), the HTTP gateway (when RAFTKV_HTTP_LISTEN
+# is set) and the peer port (Raft, forwarding; for the other nodes only).
+EXPOSE 7001 8001 9001
 
 # SERVING only when this node is in a cluster that has a leader. Exec form: there is no shell.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=20s --retries=3 \

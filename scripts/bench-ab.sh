@@ -58,7 +58,8 @@ trap 'stop_cluster; rm -rf "$workdir"' EXIT
 
 endpoints="127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503"
 run_side() { # $1 = side name, $2 = binary, $3 = extra serve args, $4 = bench args
-  local cluster="1=127.0.0.1:7501,2=127.0.0.1:7502,3=127.0.0.1:7503"
+  # Peer ports (the client port + 2000); binaries from before the peer port need 75xx here.
+  local cluster="1=127.0.0.1:9501,2=127.0.0.1:9502,3=127.0.0.1:9503"
   rm -rf "$workdir/data"
   for i in 1 2 3; do
     # shellcheck disable=SC2086  # the extra args are words on purpose

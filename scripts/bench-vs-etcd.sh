@@ -95,7 +95,7 @@ start_etcd() {
 }
 
 start_raftkv() {
-  local cluster="1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403"
+  local cluster="1=127.0.0.1:9401,2=127.0.0.1:9402,3=127.0.0.1:9403" # peer ports
   for i in 1 2 3; do
     "$raftkv" serve --id "$i" --listen "127.0.0.1:740$i" --data-dir "$workdir/raftkv$i" \
       --initial-cluster "$cluster" >"$workdir/raftkv$i.log" 2>&1 &

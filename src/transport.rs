@@ -41,7 +41,7 @@ pub fn parse_host_port(text: &str) -> Result<String, String> {
 }
 
 /// The source address for this node's outgoing peer and forwarding connections: the IP that
-/// `--listen` names, or `None` (the kernel picks) when it listens on every address.
+/// `--peer-listen` names, or `None` (the kernel picks) when it listens on every address.
 ///
 /// Without it, a node listening on 127.0.0.2 connects to its peers from 127.0.0.1, as every
 /// other node does, and a firewall rule cannot tell which node a packet comes from: the
@@ -112,19 +112,20 @@ pub fn client_tls(
     Ok(tls)
 }
 
-/// TLS for the server: its certificate and key, and with `client_ca` the CA every client must
-/// present a certificate from (`--client-cert-auth`).
+/// TLS for a server port: its certificate and key, and with `client_ca` the CA every client
+/// (or peer) must present a certificate from. `flags` name the three files in errors.
 pub fn server_tls(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
+    flags: [&str; 3],
 ) -> Result<ServerTlsConfig, String> {
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-        read_pem("--cert-file", cert)?,
-        read_pem("--key-file", key)?,
+        read_pem(flags[0], cert)?,
+        read_pem(flags[1], key)?,
     ));
     if let Some(ca) = client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read_pem("--trusted-ca-file", ca)?));
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem(flags[2], ca)?));
     }
     Ok(tls)
 }
@@ -134,7 +135,7 @@ pub fn server_tls(
 pub struct Dialer {
     /// See [`source_ip`].
     pub source: Option<IpAddr>,
-    /// The node's TLS as a client of its peers, when its server speaks TLS.
+    /// The node's TLS as a client of its peers, when its peer port speaks TLS.
     pub tls: Option<ClientTlsConfig>,
 }
 

@@ -4,20 +4,22 @@
 //! as in etcd: it joins as a learner, which receives the log (or a snapshot) without voting, and
 //! is promoted to voter once it has caught up, so a slow new node never stalls the quorum.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use tonic::transport::Channel;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::proto::raft_v1::KvMethod;
 use crate::proto::v1 as pb;
-use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::{Cluster, ClusterServer};
+use crate::raft::member::{offset_port, DEFAULT_PEER_PORT_OFFSET};
 use crate::raft::{Node, NodeId, Raft};
-use crate::replica::errors::{write_error, Redirect};
+use crate::replica::errors::{leader_label, write_error, Redirect};
 use crate::replica::forward::{is_forwarded, Forwarder};
 use crate::storage::log_store::DurableIndex;
 use crate::transport::parse_host_port;
@@ -39,32 +41,34 @@ type ChangeResult = Result<
 >;
 
 impl ClusterService {
-    pub fn server(
+    pub fn new(
         raft: Raft,
         address: String,
         forwarder: Forwarder,
         timeout: Duration,
         durable: DurableIndex,
-    ) -> ClusterServer<Self> {
-        ClusterServer::new(Self {
+    ) -> Self {
+        Self {
             raft,
             address,
             forwarder,
             timeout,
             durable,
-        })
+        }
     }
 
-    /// Runs a membership change here if this node leads, else forwards it to the leader.
-    async fn change<Req, Fut>(
+    pub fn server(service: Arc<Self>) -> ClusterServer<Self> {
+        ClusterServer::from_arc(service)
+    }
+
+    /// Runs a membership change here if this node leads, else forwards it to the leader as
+    /// `method` (through the leader's peer port).
+    async fn change<Req: Message>(
         &self,
         request: Request<Req>,
         change: impl Future<Output = ChangeResult>,
-        forward: impl FnOnce(ClusterClient<Channel>, Request<Req>) -> Fut,
-    ) -> Result<Response<pb::MembershipResponse>, Status>
-    where
-        Fut: Future<Output = Result<Response<pb::MembershipResponse>, Status>>,
-    {
+        method: KvMethod,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let outcome = match tokio::time::timeout(self.timeout, change).await {
             Ok(outcome) => outcome,
@@ -86,20 +90,71 @@ impl ClusterService {
             }
             Err(e) => match write_error(e) {
                 Redirect::Fail(status) => Err(status),
-                Redirect::Leader { id, address } if forwarded => Err(Status::unavailable(format!(
-                    "this node is not the leader (node {id} at {address} is); retry"
+                Redirect::Leader { id, member } if forwarded => Err(Status::unavailable(format!(
+                    "this node is not the leader ({} is); retry",
+                    leader_label(id, &member)
                 ))),
-                Redirect::Leader { id, address } => {
-                    let client = ClusterClient::new(self.forwarder.channel(&address)?);
-                    let mut forwarded = self.forwarder.request(request.into_inner());
-                    forwarded.set_timeout(self.timeout);
-                    forward(client, forwarded)
-                        .await
-                        .map_err(|status| Forwarder::failure(id, &address, status))
-                }
+                Redirect::Leader { id, member } => self
+                    .forwarder
+                    .call_alone_within(
+                        &member.peer_address,
+                        method,
+                        request.get_ref(),
+                        self.timeout,
+                    )
+                    .await
+                    .map(Response::new)
+                    .map_err(|status| Forwarder::failure(&leader_label(id, &member), status)),
             },
         }
     }
+
+    /// Records a member's own addresses in the membership (`KV_METHOD_PUBLISH_ADDRESSES`, sent
+    /// by the member itself through its peers; never on the client port). Changes no voter.
+    pub async fn publish_addresses(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = request.get_ref().clone();
+        check_id(req.id)?;
+        let member = member_of(&req)?;
+        let known = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&req.id)
+            .is_some();
+        if !known {
+            return Err(Status::not_found(format!(
+                "node {} is not a member of this cluster",
+                req.id
+            )));
+        }
+        let change = self.raft.change_membership(
+            ChangeMembers::SetNodes(BTreeMap::from([(req.id, member)])),
+            false,
+        );
+        self.change(request, change, KvMethod::PublishAddresses)
+            .await
+    }
+}
+
+/// The member an AddLearnerRequest names; its peer address defaults to the client port + 2000.
+fn member_of(req: &pb::AddLearnerRequest) -> Result<Node, Status> {
+    let client = parse_host_port(&req.address)
+        .map_err(|e| Status::invalid_argument(format!("address: {e}")))?;
+    let peer = match req.peer_address.as_str() {
+        "" => offset_port(&client, DEFAULT_PEER_PORT_OFFSET as i32).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "address {client}: its port + {DEFAULT_PEER_PORT_OFFSET} is not a port; give peer_address"
+            ))
+        })?,
+        peer => parse_host_port(peer)
+            .map_err(|e| Status::invalid_argument(format!("peer_address: {e}")))?,
+    };
+    Ok(Node::new(peer, client))
 }
 
 /// Voters and learners of a membership, with addresses.
@@ -107,12 +162,13 @@ fn members(membership: Option<&Membership>) -> (Vec<pb::Member>, Vec<pb::Member>
     let Some(membership) = membership else {
         return (Vec::new(), Vec::new());
     };
-    let member = |id: NodeId| pb::Member {
-        id,
-        address: membership
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-            .unwrap_or_default(),
+    let member = |id: NodeId| {
+        let node = membership.get_node(&id).cloned().unwrap_or_default();
+        pb::Member {
+            id,
+            address: node.client_address,
+            peer_address: node.peer_address,
+        }
     };
     (
         membership.voter_ids().map(member).collect(),
@@ -143,8 +199,9 @@ impl Cluster for ClusterService {
             id,
             address: membership
                 .get_node(&id)
-                .map(|n| n.addr.clone())
+                .map(|n| n.client_address.clone())
                 .unwrap_or_default(),
+            peer_address: String::new(),
         });
         Ok(Response::new(pb::StatusResponse {
             id: metrics.id,
@@ -169,14 +226,9 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let req = request.get_ref().clone();
         check_id(req.id)?;
-        let address = parse_host_port(&req.address).map_err(Status::invalid_argument)?;
-        let change = self.raft.add_learner(req.id, Node::new(address), true);
-        self.change(
-            request,
-            change,
-            |mut c, r| async move { c.add_learner(r).await },
-        )
-        .await
+        let member = member_of(&req)?;
+        let change = self.raft.add_learner(req.id, member, true);
+        self.change(request, change, KvMethod::AddLearner).await
     }
 
     async fn promote(
@@ -195,12 +247,7 @@ impl Cluster for ClusterService {
         let change = self
             .raft
             .change_membership(ChangeMembers::AddVoterIds(ids), false);
-        self.change(
-            request,
-            change,
-            |mut c, r| async move { c.promote(r).await },
-        )
-        .await
+        self.change(request, change, KvMethod::Promote).await
     }
 
     async fn remove_node(
@@ -224,12 +271,7 @@ impl Cluster for ClusterService {
             ChangeMembers::RemoveNodes(ids)
         };
         let change = self.raft.change_membership(change, false);
-        self.change(
-            request,
-            change,
-            |mut c, r| async move { c.remove_node(r).await },
-        )
-        .await
+        self.change(request, change, KvMethod::RemoveNode).await
     }
 
     async fn snapshot(

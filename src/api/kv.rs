@@ -17,7 +17,7 @@ use crate::proto::raft_v1::KvMethod;
 use crate::proto::v1 as pb;
 use crate::proto::v1::kv_server::{Kv, KvServer};
 use crate::raft::Raft;
-use crate::replica::errors::{timed_out, Redirect};
+use crate::replica::errors::{leader_label, timed_out, Redirect};
 use crate::replica::forward::{is_forwarded, Forwarder};
 use crate::replica::idempotency::{self, Tag};
 use crate::replica::leadership::{leader_replaced, leader_replaced_status};
@@ -100,10 +100,10 @@ impl KvService {
         if leader == metrics.id {
             return None;
         }
-        let node = metrics.membership_config.membership().get_node(&leader)?;
+        let member = metrics.membership_config.membership().get_node(&leader)?;
         Some(Redirect::Leader {
             id: leader,
-            address: node.addr.clone(),
+            member: member.clone(),
         })
     }
 
@@ -142,18 +142,19 @@ impl KvService {
     {
         match redirect {
             Redirect::Fail(status) => Err(status),
-            Redirect::Leader { id, address } if forwarded => Err(Status::unavailable(format!(
-                "this node is not the leader (node {id} at {address} is); leadership moved while forwarding, retry"
+            Redirect::Leader { id, member } if forwarded => Err(Status::unavailable(format!(
+                "this node is not the leader ({} is); leadership moved while forwarding, retry",
+                leader_label(id, &member)
             ))),
-            Redirect::Leader { id, address } => {
-                let answer = call(self.forwarder.clone(), address.clone(), req);
+            Redirect::Leader { id, member } => {
+                let answer = call(self.forwarder.clone(), member.peer_address.clone(), req);
                 tokio::select! {
                     biased;
                     answer = answer => answer
                         .map(Response::new)
-                        .map_err(|status| Forwarder::failure(id, &address, status)),
+                        .map_err(|status| Forwarder::failure(&leader_label(id, &member), status)),
                     () = leader_replaced(&self.raft, id) => {
-                        Err(leader_replaced_status(id, &address))
+                        Err(leader_replaced_status(&leader_label(id, &member)))
                     }
                 }
             }
@@ -285,8 +286,9 @@ fn expiry(stamp_ms: u64, ttl_ms: u64) -> Option<u64> {
 fn moved(redirect: Redirect) -> Status {
     match redirect {
         Redirect::Fail(status) => status,
-        Redirect::Leader { id, address } => Status::unavailable(format!(
-            "leadership moved to node {id} at {address} while proposing; retry"
+        Redirect::Leader { id, member } => Status::unavailable(format!(
+            "leadership moved to {} while proposing; retry",
+            leader_label(id, &member)
         )),
     }
 }
@@ -416,12 +418,7 @@ impl Kv for KvService {
                     .collect();
                 Ok(pb::BatchGetResponse { results })
             },
-            |f, leader, r| async move {
-                Ok(f.client(&leader)?
-                    .batch_get(f.request(r))
-                    .await?
-                    .into_inner())
-            },
+            |f, leader, r| async move { f.call_alone(&leader, KvMethod::BatchGet, &r).await },
         )
         .await
     }
@@ -588,7 +585,7 @@ impl Kv for KvService {
                     next_start: page.next_start.unwrap_or_default(),
                 })
             },
-            |f, leader, r| async move { Ok(f.client(&leader)?.scan(f.request(r)).await?.into_inner()) },
+            |f, leader, r| async move { f.call_alone(&leader, KvMethod::Scan, &r).await },
         )
         .await
     }

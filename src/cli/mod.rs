@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a raftkv node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start a three-node cluster on 127.0.0.1 (ports 7001-7003) for trying raftkv out.
     Playground(commands::PlaygroundArgs),
     /// Write one key, or several keys atomically.
@@ -141,7 +141,7 @@ impl TlsOpts {
 /// Runs one parsed command.
 pub async fn run(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Serve(args) => commands::serve(args).await,
+        Command::Serve(args) => commands::serve(*args).await,
         Command::Playground(args) => commands::playground(args).await,
         Command::Put(args) => commands::put(args).await,
         Command::Get(args) => commands::get(args).await,

@@ -3,6 +3,7 @@
 //! ([`network`] sends, [`service`] receives).
 
 pub mod codec;
+pub mod member;
 pub mod network;
 pub mod service;
 
@@ -16,8 +17,8 @@ use crate::types::{CommandResult, Proposal};
 /// Node ids are chosen by the operator (`--id`); 0 is reserved to mean "no node".
 pub type NodeId = u64;
 
-/// A cluster member as openraft stores it in membership entries: its gRPC address.
-pub type Node = openraft::BasicNode;
+/// A cluster member as openraft stores it in membership entries: its peer and client addresses.
+pub type Node = member::Member;
 
 openraft::declare_raft_types!(
     /// openraft types for raftkv: commands in, command results out, snapshots in memory.

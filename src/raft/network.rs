@@ -104,7 +104,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
         PeerConnection {
             target,
-            peer: self.peer(target, &node.addr),
+            peer: self.peer(target, &node.peer_address),
             commits: CommitGate::new(self.durable.clone()),
         }
     }
@@ -217,7 +217,7 @@ impl PeerConnection {
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
-                Node::new(self.peer.address.clone()),
+                Node::new(self.peer.address.clone(), ""),
                 e,
             ))
         })

@@ -8,8 +8,8 @@ use crate::raft::{Node, NodeId};
 /// What to do with a request this node could not serve itself.
 #[derive(Clone)]
 pub enum Redirect {
-    /// Send it to the leader at this address.
-    Leader { id: NodeId, address: String },
+    /// Send it to this leader (through its peer port).
+    Leader { id: NodeId, member: Node },
     /// Answer the client with this status.
     Fail(Status),
 }
@@ -22,11 +22,16 @@ fn no_leader() -> Status {
 
 fn from_forward(forward: ForwardToLeader<NodeId, Node>) -> Redirect {
     match (forward.leader_id, forward.leader_node) {
-        (Some(id), Some(node)) => Redirect::Leader {
-            id,
-            address: node.addr,
-        },
+        (Some(id), Some(member)) => Redirect::Leader { id, member },
         _ => Redirect::Fail(no_leader()),
+    }
+}
+
+/// "node 3 at host:7003": a leader as clients know it (by its client address, when known).
+pub fn leader_label(id: NodeId, member: &Node) -> String {
+    match member.client_address.as_str() {
+        "" => format!("node {id}"),
+        address => format!("node {id} at {address}"),
     }
 }
 

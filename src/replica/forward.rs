@@ -9,7 +9,7 @@
 //! internal `Forward.Calls` RPC (see [`crate::api::forward`]), at most [`BATCHES_IN_FLIGHT`]
 //! messages at a time. Under load most writes reach the leader through a follower, and one RPC
 //! per write cost the leader as much HTTP/2 work as the write itself. BatchGet and Scan, whose
-//! answers can be large, still go one RPC each.
+//! answers can be large, go one `Forward.Call` each, as do membership changes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,6 @@ use tonic::{Code, Status};
 use super::gather::Gatherer;
 use crate::proto::raft_v1::forward_client::ForwardClient;
 use crate::proto::raft_v1::{ForwardedCall, ForwardedCalls, KvMethod};
-use crate::proto::v1::kv_client::KvClient;
 use crate::raft::NodeId;
 use crate::transport::Dialer;
 
@@ -129,31 +128,56 @@ impl Forwarder {
         }
     }
 
-    pub fn client(&self, address: &str) -> Result<KvClient<Channel>, Status> {
-        let channel = self.channel(address)?;
-        Ok(KvClient::new(channel)
-            .max_decoding_message_size(self.message_limit)
-            .max_encoding_message_size(self.message_limit))
+    /// Forwards one call by itself (`Forward.Call`) to the leader at `address` and returns its
+    /// answer, waiting at most the request timeout.
+    pub async fn call_alone<Req: Message, Resp: Message + Default>(
+        &self,
+        address: &str,
+        method: KvMethod,
+        request: &Req,
+    ) -> Result<Resp, Status> {
+        self.call_alone_within(address, method, request, self.timeout)
+            .await
     }
 
-    /// Wraps a request for the leader: marks it forwarded and bounds it in time.
-    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.timeout);
+    /// [`Forwarder::call_alone`] with its own time limit (a membership change may wait for a
+    /// learner to catch up).
+    pub async fn call_alone_within<Req: Message, Resp: Message + Default>(
+        &self,
+        address: &str,
+        method: KvMethod,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Status> {
+        let mut client = ForwardClient::new(self.channel(address)?)
+            .max_decoding_message_size(self.message_limit)
+            .max_encoding_message_size(self.message_limit);
+        let call = ForwardedCall {
+            method: method as i32,
+            request: request.encode_to_vec(),
+            idempotency_key: String::new(),
+        };
+        let mut request = tonic::Request::new(call);
+        request.set_timeout(timeout);
         if let Ok(value) = self.own_id.to_string().parse() {
             request.metadata_mut().insert(FORWARDED_BY, value);
         }
-        request
+        let reply = client.call(request).await?.into_inner();
+        if reply.code != 0 {
+            return Err(Status::new(Code::from_i32(reply.code), reply.message));
+        }
+        Resp::decode(reply.response.as_slice())
+            .map_err(|e| Status::internal(format!("undecodable answer from the leader: {e}")))
     }
 
     /// Turns a failed call to the leader into the client's answer: the leader's own verdict
     /// (NOT_FOUND, INVALID_ARGUMENT, …) passes through; a transport failure becomes
     /// UNAVAILABLE naming the leader.
-    pub fn failure(leader: NodeId, address: &str, status: Status) -> Status {
+    pub fn failure(leader: &str, status: Status) -> Status {
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 Status::unavailable(format!(
-                    "forwarding to leader {leader} at {address} failed: {}",
+                    "forwarding to leader {leader} failed: {}",
                     status.message()
                 ))
             }

@@ -31,9 +31,9 @@ pub async fn leader_replaced(raft: &Raft, leader: NodeId) {
 }
 
 /// The answer for a request whose leader lost its office while the request waited on it.
-pub fn leader_replaced_status(leader: NodeId, address: &str) -> Status {
+pub fn leader_replaced_status(leader: &str) -> Status {
     Status::unavailable(format!(
-        "leader {leader} at {address} was replaced while this request waited for its answer \
+        "the leader ({leader}) was replaced while this request waited for its answer \
          (a new term has begun); the request may or may not have been applied, retry"
     ))
 }

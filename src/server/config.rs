@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::raft::member::DEFAULT_PEER_PORT_OFFSET;
 use crate::raft::{NodeId, RaftSettings};
 use crate::text::parse_duration;
 use crate::transport::{self, parse_host_port};
@@ -18,15 +19,22 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_ID")]
     pub id: NodeId,
 
-    /// Address the gRPC server binds to.
+    /// Address of the client port: the gRPC services clients use (KV, Cluster, health,
+    /// reflection).
     #[arg(long, env = "RAFTKV_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: SocketAddr,
+
+    /// Address of the peer port: the internal services other nodes use (Raft replication,
+    /// forwarding to the leader), never served on the client port. [default: --listen's address
+    /// with its port + 2000, e.g. 127.0.0.1:9001]
+    #[arg(long, env = "RAFTKV_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
 
     /// Address of the HTTP gateway (curl-friendly /kv, /metrics, /health). Off unless set.
     #[arg(long, env = "RAFTKV_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
-    /// Join a running cluster instead of initialising one: the gRPC endpoints (host:port,
+    /// Join a running cluster instead of initialising one: the peer endpoints (host:port,
     /// comma-separated) of its members. The node asks to be added as a learner, catches up, and
     /// is promoted to voter. Ignored once the node has Raft state (a restart).
     #[arg(
@@ -37,10 +45,15 @@ pub struct ServeArgs {
     )]
     pub join: Vec<String>,
 
-    /// host:port that peers and clients use to reach this node. Defaults to this node's entry in
-    /// --initial-cluster, else to --listen.
+    /// host:port that clients use to reach this node's client port. Defaults to --listen, or,
+    /// when that is a wildcard (0.0.0.0), to the --peer-advertise host with --listen's port.
     #[arg(long, env = "RAFTKV_ADVERTISE", value_parser = parse_host_port)]
     pub advertise: Option<String>,
+
+    /// host:port that peers use to reach this node's peer port. Defaults to this node's entry
+    /// in --initial-cluster, else to --peer-listen.
+    #[arg(long, env = "RAFTKV_PEER_ADVERTISE", value_parser = parse_host_port)]
+    pub peer_advertise: Option<String>,
 
     /// Directory holding this node's sled database (log, vote, snapshots). Created if missing.
     #[arg(long, env = "RAFTKV_DATA_DIR")]
@@ -53,9 +66,8 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
 
-    /// PEM certificate of this node: with --key-file, the gRPC port speaks only TLS. The node
-    /// presents it to its peers too, so it must name this node's address (and be valid for
-    /// client use when peers require client certificates).
+    /// PEM certificate of this node's client port: with --key-file, the client port (and the
+    /// HTTP gateway) speak only TLS. It must name the address clients use.
     #[arg(long, env = "RAFTKV_CERT_FILE", requires = "key_file")]
     pub cert_file: Option<PathBuf>,
 
@@ -63,17 +75,33 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_KEY_FILE", requires = "cert_file")]
     pub key_file: Option<PathBuf>,
 
-    /// PEM CA certificate that signed the peers' certificates (and the clients', with
-    /// --client-cert-auth). Needed with --cert-file: peers are verified against it.
+    /// PEM CA certificate that client certificates must be signed by (--client-cert-auth).
     #[arg(long, env = "RAFTKV_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
 
-    /// Refuse clients (and peers) without a certificate signed by --trusted-ca-file.
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
     #[arg(long, env = "RAFTKV_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
     pub client_cert_auth: bool,
 
-    /// Members of a new cluster as `id=host:port,…`. A node whose data dir is empty initialises
-    /// the cluster with them; a node that already has state ignores this.
+    /// PEM certificate of this node's peer port: with --peer-key-file and
+    /// --peer-trusted-ca-file, the peer port speaks only mutual TLS. The node presents it both
+    /// as a server and when it dials its peers, so it must name the --peer-advertise host and be
+    /// valid for server and client use.
+    #[arg(long, env = "RAFTKV_PEER_CERT_FILE", requires_all = ["peer_key_file", "peer_trusted_ca_file"])]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --peer-cert-file.
+    #[arg(long, env = "RAFTKV_PEER_KEY_FILE", requires = "peer_cert_file")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// PEM CA certificate of the peers: every peer must present a certificate it signed, and
+    /// every peer this node dials must serve one.
+    #[arg(long, env = "RAFTKV_PEER_TRUSTED_CA_FILE", requires = "peer_cert_file")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Members of a new cluster as `id=host:port,…`, naming each member's peer address (its
+    /// --peer-advertise). A node whose data dir is empty initialises the cluster with them; a
+    /// node that already has state ignores this.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
     pub initial_cluster: Option<InitialCluster>,
 
@@ -171,37 +199,68 @@ fn default_worker_threads() -> usize {
         .max(1)
 }
 
-/// A node's TLS: what its server presents and asks for, and how it dials its peers.
+/// A node's TLS: what each of its two ports presents and asks for, and how it dials its peers.
+#[derive(Default)]
 pub struct NodeTls {
-    pub server: ServerTlsConfig,
-    pub peers: ClientTlsConfig,
+    /// The client port's (and HTTP gateway's), with --cert-file.
+    pub client: Option<ServerTlsConfig>,
+    /// The peer port's, with --peer-cert-file: it always asks peers for a certificate.
+    pub peer: Option<ServerTlsConfig>,
+    /// How this node dials its peers: verifying them, presenting its peer certificate.
+    pub dial_peers: Option<ClientTlsConfig>,
+}
+
+/// Where this node is reached: what it tells clients and peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    /// `--advertise`: the client port as clients reach it.
+    pub client: String,
+    /// `--peer-advertise`: the peer port as peers reach it.
+    pub peer: String,
+    /// The address the peer port binds.
+    pub peer_listen: SocketAddr,
 }
 
 impl ServeArgs {
-    /// The TLS settings the flags ask for, read from their files; `None` without --cert-file.
-    pub fn tls(&self) -> Result<Option<NodeTls>, String> {
-        let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else {
-            if self.trusted_ca_file.is_some() {
-                return Err("--trusted-ca-file needs --cert-file and --key-file".into());
+    /// The TLS settings the flags ask for, read from their files.
+    pub fn tls(&self) -> Result<NodeTls, String> {
+        let mut tls = NodeTls::default();
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let client_ca = match (self.client_cert_auth, &self.trusted_ca_file) {
+                    (true, Some(ca)) => Some(ca.as_path()),
+                    _ => None,
+                };
+                tls.client = Some(transport::server_tls(
+                    cert,
+                    key,
+                    client_ca,
+                    ["--cert-file", "--key-file", "--trusted-ca-file"],
+                )?);
             }
-            return Ok(None);
-        };
-        let Some(ca) = &self.trusted_ca_file else {
-            return Err(
-                "--cert-file needs --trusted-ca-file, the CA its peers' certificates are \
-                 verified against"
-                    .into(),
-            );
-        };
-        let client_ca = self.client_cert_auth.then_some(ca.as_path());
-        Ok(Some(NodeTls {
-            server: transport::server_tls(cert, key, client_ca)?,
-            peers: transport::client_tls(
+            _ if self.client_cert_auth => {
+                return Err("--client-cert-auth needs --cert-file and --key-file".into())
+            }
+            _ => {}
+        }
+        if let (Some(cert), Some(key), Some(ca)) = (
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ) {
+            let flags = [
+                "--peer-cert-file",
+                "--peer-key-file",
+                "--peer-trusted-ca-file",
+            ];
+            tls.peer = Some(transport::server_tls(cert, key, Some(ca), flags)?);
+            tls.dial_peers = Some(transport::client_tls(
                 ca,
                 Some((cert, key)),
-                ["--trusted-ca-file", "--cert-file", "--key-file"],
-            )?,
-        }))
+                [flags[2], flags[0], flags[1]],
+            )?);
+        }
+        Ok(tls)
     }
 
     /// The flags that tune openraft.
@@ -214,8 +273,8 @@ impl ServeArgs {
         }
     }
 
-    /// Cross-flag checks clap cannot express. Returns the address to advertise.
-    pub fn validate(&self) -> Result<String, String> {
+    /// Cross-flag checks clap cannot express. Returns where this node is reached.
+    pub fn validate(&self) -> Result<Addresses, String> {
         if self.id == 0 {
             return Err("--id 0 is reserved; use 1 or more".into());
         }
@@ -243,6 +302,33 @@ impl ServeArgs {
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             return Err("--max-key-bytes and --max-value-bytes must be at least 1".into());
         }
+        self.addresses()
+    }
+
+    /// The ports and addresses, each defaulted from the others as the flags' help says.
+    fn addresses(&self) -> Result<Addresses, String> {
+        let peer_listen = match self.peer_listen {
+            Some(addr) => addr,
+            None if self.listen.port() == 0 => SocketAddr::new(self.listen.ip(), 0),
+            None => {
+                let port = self
+                    .listen
+                    .port()
+                    .checked_add(DEFAULT_PEER_PORT_OFFSET)
+                    .ok_or_else(|| {
+                        format!(
+                            "--listen port {} + {DEFAULT_PEER_PORT_OFFSET} is not a port: give --peer-listen",
+                            self.listen.port()
+                        )
+                    })?;
+                SocketAddr::new(self.listen.ip(), port)
+            }
+        };
+        if peer_listen == self.listen && self.listen.port() != 0 {
+            return Err(format!(
+                "--peer-listen {peer_listen} is the client port: peers and clients need a port each"
+            ));
+        }
         let own_entry = match &self.initial_cluster {
             Some(cluster) => Some(cluster.0.get(&self.id).cloned().ok_or_else(|| {
                 format!(
@@ -253,24 +339,37 @@ impl ServeArgs {
             })?),
             None => None,
         };
-        if let (Some(advertise), Some(entry)) = (&self.advertise, &own_entry) {
+        if let (Some(advertise), Some(entry)) = (&self.peer_advertise, &own_entry) {
             if advertise != entry {
                 return Err(format!(
-                    "--advertise {advertise} differs from this node's --initial-cluster entry {entry}"
+                    "--peer-advertise {advertise} differs from this node's --initial-cluster entry {entry}"
                 ));
             }
         }
-        if self.advertise.is_none() && own_entry.is_none() && self.listen.ip().is_unspecified() {
-            return Err(format!(
-                "--advertise is required when listening on {} without --initial-cluster: peers need a reachable address",
-                self.listen
-            ));
-        }
-        Ok(self
-            .advertise
-            .clone()
-            .or(own_entry)
-            .unwrap_or_else(|| self.listen.to_string()))
+        let peer = match (&self.peer_advertise, own_entry) {
+            (Some(advertise), _) => advertise.clone(),
+            (None, Some(entry)) => entry,
+            (None, None) if peer_listen.ip().is_unspecified() => {
+                return Err(format!(
+                    "--peer-advertise is required when the peer port listens on {peer_listen} \
+                     without --initial-cluster: peers need a reachable address"
+                ))
+            }
+            (None, None) => peer_listen.to_string(),
+        };
+        let client = match &self.advertise {
+            Some(advertise) => advertise.clone(),
+            None if !self.listen.ip().is_unspecified() => self.listen.to_string(),
+            None => match peer.rsplit_once(':') {
+                Some((host, _)) => format!("{host}:{}", self.listen.port()),
+                None => return Err("--advertise is required with a wildcard --listen".into()),
+            },
+        };
+        Ok(Addresses {
+            client,
+            peer,
+            peer_listen,
+        })
     }
 }
 

@@ -21,7 +21,7 @@ use anyhow::{anyhow, Context};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use self::config::ServeArgs;
+use self::config::{Addresses, ServeArgs};
 use self::shutdown::StopSignal;
 use crate::api::kv::KvSettings;
 use crate::api::{ClusterService, ForwardService, KvService, Limits};
@@ -29,7 +29,7 @@ use crate::op::OpCounters;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::raft::network::NetworkFactory;
 use crate::raft::service::RaftService;
-use crate::raft::{raft_config, Raft};
+use crate::raft::{raft_config, Node as Member, Raft};
 use crate::replica::forward::Forwarder;
 use crate::replica::idempotency;
 use crate::storage;
@@ -56,15 +56,21 @@ pub async fn serve(
 /// The listeners, bound before Raft starts so that a busy port is reported before anything
 /// else happens.
 struct Listeners {
-    grpc: TcpListener,
+    client: TcpListener,
+    peer: TcpListener,
     http: Option<(SocketAddr, TcpListener)>,
 }
 
 impl Listeners {
-    async fn bind(args: &ServeArgs) -> anyhow::Result<Self> {
-        let grpc = TcpListener::bind(args.listen)
+    async fn bind(args: &ServeArgs, addresses: &Addresses) -> anyhow::Result<Self> {
+        let client = TcpListener::bind(args.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+            .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+        let peer = TcpListener::bind(addresses.peer_listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {} (--peer-listen)", addresses.peer_listen)
+            })?;
         let http = match args.http_listen {
             Some(addr) => Some((
                 addr,
@@ -74,14 +80,14 @@ impl Listeners {
             )),
             None => None,
         };
-        Ok(Self { grpc, http })
+        Ok(Self { client, peer, http })
     }
 }
 
 impl Node {
     /// Opens the data dir and starts Raft, the servers and the background tasks.
     pub async fn start(args: ServeArgs) -> anyhow::Result<Node> {
-        let address = args.validate().map_err(|e| anyhow!(e))?;
+        let addresses = args.validate().map_err(|e| anyhow!(e))?;
         let tls = args.tls().map_err(|e| anyhow!(e))?;
         crate::failpoints::configure_from_env().map_err(|e| anyhow!(e))?;
         let raft_settings = Arc::new(raft_config(&args.raft_settings())?);
@@ -98,17 +104,13 @@ impl Node {
         log_store.set_node_id(args.id);
         let reader = state_machine.reader();
         membership::give_up_restored_leadership(args.id, &log_store).await?;
-        let listeners = Listeners::bind(&args).await?;
+        let listeners = Listeners::bind(&args, &addresses).await?;
 
         let durable = log_store.durable_index();
         let snapshot_mark = log_store.snapshot_mark();
-        let (server_tls, peer_tls) = match tls {
-            Some(tls) => (Some(tls.server), Some(tls.peers)),
-            None => (None, None),
-        };
         let dialer = Dialer {
-            source: source_ip(args.listen),
-            tls: peer_tls,
+            source: source_ip(addresses.peer_listen),
+            tls: tls.dial_peers,
         };
         let raft = Raft::new(
             args.id,
@@ -124,7 +126,7 @@ impl Node {
                 args.data_dir.display()
             )
         })?;
-        membership::initialise_if_pristine(&raft, &args).await?;
+        membership::initialise_if_pristine(&raft, &args, &addresses).await?;
 
         let limits = Limits {
             max_key_bytes: args.max_key_bytes,
@@ -164,11 +166,27 @@ impl Node {
         node.background
             .spawn(health::track_health(raft.clone(), health));
         node.background.spawn(expiry::run(raft.clone(), reader));
-        if !args.join.is_empty() {
+        let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
+        let cluster = Arc::new(ClusterService::new(
+            raft.clone(),
+            addresses.client.clone(),
+            forwarder,
+            membership_timeout,
+            durable,
+        ));
+        let own_member = Member::new(addresses.peer.clone(), addresses.client.clone());
+        if args.join.is_empty() {
+            node.background.spawn(membership::publish_addresses(
+                raft.clone(),
+                args.id,
+                own_member,
+                cluster.clone(),
+            ));
+        } else {
             node.background.spawn(membership::join_cluster(
                 raft.clone(),
                 args.id,
-                address.clone(),
+                own_member,
                 args.join.clone(),
                 dialer,
             ));
@@ -191,41 +209,55 @@ impl Node {
             tracing::info!(http = %addr, "HTTP gateway serving");
         }
 
-        let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
+        // Reflection lists what the client port serves, not the peer services in the same
+        // descriptor set.
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
             builder
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("raftkv.v1.KV")
+                .with_service_name("raftkv.v1.Cluster")
+                .with_service_name("grpc.health.v1.Health")
         };
         let reflection_v1 =
             reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
         let reflection_v1alpha =
             reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
-        let tls_on = server_tls.is_some();
-        let router = transport::server(server_tls)
+        let (client_tls, peer_tls) = (tls.client.is_some(), tls.peer.is_some());
+        if client_tls && !peer_tls {
+            tracing::warn!(
+                "the client port speaks TLS but the peer port does not: give --peer-cert-file, \
+                 --peer-key-file and --peer-trusted-ca-file too, or keep the peer port on a \
+                 private network"
+            );
+        }
+        let client_router = transport::server(tls.client)
             .map_err(|e| anyhow!(e))?
             .add_service(KvService::server(kv.clone()))
-            .add_service(ForwardService::server(kv))
-            .add_service(ClusterService::server(
-                raft.clone(),
-                address.clone(),
-                forwarder,
-                membership_timeout,
-                durable,
-            ))
-            .add_service(RaftService::server(raft, snapshot_mark))
+            .add_service(ClusterService::server(cluster.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
+        let peer_router = transport::server(tls.peer)
+            .map_err(|e| anyhow!(e))?
+            .add_service(RaftService::server(raft, snapshot_mark))
+            .add_service(ForwardService::server(kv, cluster));
         let stopped = node.stop.stopped();
         node.front_doors.spawn(async move {
-            transport::serve(router, listeners.grpc, stopped)
+            transport::serve(client_router, listeners.client, stopped)
                 .await
-                .context("gRPC server failed")
+                .context("gRPC server (client port) failed")
+        });
+        let stopped = node.stop.stopped();
+        node.front_doors.spawn(async move {
+            transport::serve(peer_router, listeners.peer, stopped)
+                .await
+                .context("gRPC server (peer port) failed")
         });
 
-        tracing::info!(id = args.id, listen = %args.listen, advertise = %address, tls = tls_on,
-            data_dir = %args.data_dir.display(), "raftkv node serving");
+        tracing::info!(id = args.id, listen = %args.listen, advertise = %addresses.client,
+            peer_listen = %addresses.peer_listen, peer_advertise = %addresses.peer,
+            client_tls, peer_tls, data_dir = %args.data_dir.display(), "raftkv node serving");
         Ok(node)
     }
 

@@ -318,6 +318,8 @@ async fn reflection_v1_and_v1alpha_and_health_are_served() {
         for expected in ["raftkv.v1.KV", "raftkv.v1.Cluster", "grpc.health.v1.Health"] {
             assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
         }
+        // The peer services are not served here, so they are not listed either.
+        assert!(!names.iter().any(|n| n.starts_with("raftkv.raft.")), "{names:?}");
 
         let request = refl_v1::ServerReflectionRequest {
             host: String::new(),
@@ -443,11 +445,13 @@ fn a_tls_playground_serves_its_printed_hints_and_refuses_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_block();
     let http_base = free_port_block();
+    let peer_base = free_port_block();
     let mut reaper = Reaper(Some(
         Command::new(RAFTKV)
             .current_dir(dir.path())
             .args(["playground", "--tls", "--base-port", &base.to_string()])
             .args(["--http-base-port", &http_base.to_string(), "--dir", "pg"])
+            .args(["--peer-base-port", &peer_base.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -487,6 +491,7 @@ fn playground_starts_serves_stops_on_ctrl_c_and_resumes_its_data() {
     let pg_dir = dir.path().join("pg");
     let base = free_port_block();
     let http_base = free_port_block();
+    let peer_base = free_port_block();
     let endpoints = (0..3)
         .map(|i| format!("127.0.0.1:{}", base + i))
         .collect::<Vec<_>>()
@@ -497,6 +502,7 @@ fn playground_starts_serves_stops_on_ctrl_c_and_resumes_its_data() {
             .args(["playground", "--base-port", &base.to_string()])
             .args(["--http-base-port", &http_base.to_string(), "--dir"])
             .arg(&pg_dir)
+            .args(["--peer-base-port", &peer_base.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

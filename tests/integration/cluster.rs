@@ -201,7 +201,7 @@ async fn a_write_forwarded_to_a_silent_leader_fails_once_a_new_term_begins() {
             .expect_err("no leader could have answered this write");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(
-            status.message().contains(&format!("leader {leader} "))
+            status.message().contains(&format!("(node {leader} at "))
                 && status.message().contains("was replaced")
                 && status
                     .message()

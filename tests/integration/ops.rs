@@ -615,6 +615,7 @@ async fn add_a_fourth_node_promote_it_remove_another_and_keep_serving() {
             .add_learner(AddLearnerRequest {
                 id: 9,
                 address: "nowhere".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -22,8 +22,9 @@ use crate::proto::v1::{
 #[command(after_long_help = "\
 With --json: one JSON object with every field of the Status response (id, address, role,
 leader_id, leader_address, term, last_log_index, commit_index, last_applied_index,
-snapshot_index, purged_index, voters and learners as [{id, address}]) plus \"endpoint\", the
-address that answered.")]
+snapshot_index, purged_index, voters and learners as [{id, address, peer_address}]) plus
+\"endpoint\", the address that answered. A member's address (its client port) is empty until
+it has told the cluster, a moment after the cluster has a leader.")]
 pub struct StatusArgs {
     /// Print one JSON document (its shape is described in --help).
     #[arg(long)]
@@ -62,14 +63,19 @@ pub struct SnapshotArgs {
 
 #[derive(Args, Debug)]
 #[command(after_long_help = "\
-The node must be running (started with `raftkv serve` without --initial-cluster) and reachable
-at ADDRESS. Prints `OK revision=N` and the new membership. An invalid ADDRESS or ID exits 2.
-Waiting for a large catch-up may need a longer --timeout.")]
+The node must be running (started with `raftkv serve` without --initial-cluster or --join) and
+its peer port reachable from the cluster. Prints `OK revision=N` and the new membership. An
+invalid address or ID exits 2. Waiting for a large catch-up may need a longer --timeout.
+(`raftkv serve --join` does all this by itself.)")]
 pub struct AddLearnerArgs {
     /// The new node's id (a positive integer unused in the cluster).
     pub id: u64,
-    /// host:port of the new node's gRPC server, as other nodes will reach it.
+    /// host:port of the new node's client port (its --advertise), as clients will reach it.
     pub address: String,
+    /// host:port of the new node's peer port (its --peer-advertise), as other nodes will reach
+    /// it. [default: ADDRESS with its port + 2000]
+    #[arg(long)]
+    pub peer_address: Option<String>,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -201,6 +207,7 @@ async fn add_learner(args: AddLearnerArgs) -> Result<(), CliError> {
             let message = AddLearnerRequest {
                 id: args.id,
                 address: args.address.clone(),
+                peer_address: args.peer_address.clone().unwrap_or_default(),
             };
             async move {
                 ClusterClient::new(channel)
@@ -261,7 +268,13 @@ fn members_text(list: &[Member]) -> String {
         "-".to_string()
     } else {
         list.iter()
-            .map(|m| format!("{}={}", m.id, m.address))
+            .map(|m| match m.address.as_str() {
+                "" => format!(
+                    "{}=(client address not yet known; peer {})",
+                    m.id, m.peer_address
+                ),
+                address => format!("{}={address}", m.id),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -270,7 +283,7 @@ fn members_text(list: &[Member]) -> String {
 fn members_json(list: &[Member]) -> Value {
     Value::Array(
         list.iter()
-            .map(|m| json!({"id": m.id, "address": m.address}))
+            .map(|m| json!({"id": m.id, "address": m.address, "peer_address": m.peer_address}))
             .collect(),
     )
 }

@@ -30,9 +30,13 @@ pub struct PlaygroundArgs {
     )]
     pub dir: PathBuf,
 
-    /// gRPC port of node 1; nodes 2 and 3 use the next two.
+    /// gRPC client port of node 1; nodes 2 and 3 use the next two.
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
+
+    /// Peer port (replication between the nodes) of node 1; nodes 2 and 3 use the next two.
+    #[arg(long, default_value_t = 9001)]
+    pub peer_base_port: u16,
 
     /// HTTP gateway port of node 1; nodes 2 and 3 use the next two.
     #[arg(long, default_value_t = 8001)]
@@ -42,8 +46,9 @@ pub struct PlaygroundArgs {
     #[arg(long, default_value = "30s", value_parser = crate::text::parse_duration)]
     pub wait: Duration,
 
-    /// Serve gRPC over TLS with client certificates required (--client-cert-auth), using the
-    /// certificates in DIR/certs, written there with `raftkv certs init` on first use.
+    /// Serve gRPC and HTTP over TLS with client certificates required (--client-cert-auth), and
+    /// mutual TLS between the nodes, using the certificates in DIR/certs, written there with
+    /// `raftkv certs init` on first use.
     #[arg(long)]
     pub tls: bool,
 }
@@ -96,12 +101,13 @@ impl Drop for Nodes {
     }
 }
 
-/// Starts node `id` with gRPC on `ports.0 + id - 1` and HTTP on `ports.1 + id - 1`.
+/// Starts node `id` with gRPC on `ports.0 + id - 1`, HTTP on `ports.1 + id - 1` and its peer
+/// port on `ports.2 + id - 1`.
 fn spawn_node(
     exe: &Path,
     dir: &Path,
     id: u64,
-    ports: (u16, u16),
+    ports: (u16, u16, u16),
     cluster: &str,
     certs: Option<&Path>,
 ) -> Result<Child, CliError> {
@@ -116,12 +122,13 @@ fn spawn_node(
         .try_clone()
         .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
     let offset = id as u16 - 1;
-    let (port, http_port) = (ports.0 + offset, ports.1 + offset);
+    let (port, http_port, peer_port) = (ports.0 + offset, ports.1 + offset, ports.2 + offset);
     let mut command = Command::new(exe);
     command
         .arg("serve")
         .args(["--id", &id.to_string()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--peer-listen", &format!("127.0.0.1:{peer_port}")])
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .arg("--data-dir")
         .arg(dir.join(format!("node{id}")))
@@ -134,7 +141,13 @@ fn spawn_node(
             .arg(certs.join(format!("node{id}-key.pem")))
             .arg("--trusted-ca-file")
             .arg(certs.join("ca.pem"))
-            .arg("--client-cert-auth");
+            .arg("--client-cert-auth")
+            .arg("--peer-cert-file")
+            .arg(certs.join(format!("node{id}.pem")))
+            .arg("--peer-key-file")
+            .arg(certs.join(format!("node{id}-key.pem")))
+            .arg("--peer-trusted-ca-file")
+            .arg(certs.join("ca.pem"));
     }
     command
         .stdin(Stdio::null())
@@ -192,11 +205,17 @@ async fn leader_of(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Option<u64>
 
 pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     let fail = |what: String| CliError::new(exit::UNAVAILABLE, what);
-    if args.base_port == 0 || args.base_port > u16::MAX - 2 {
-        return Err(CliError::new(
-            exit::USAGE,
-            "--base-port must be between 1 and 65533",
-        ));
+    for (flag, port) in [
+        ("--base-port", args.base_port),
+        ("--http-base-port", args.http_base_port),
+        ("--peer-base-port", args.peer_base_port),
+    ] {
+        if port == 0 || port > u16::MAX - 2 {
+            return Err(CliError::new(
+                exit::USAGE,
+                format!("{flag} must be between 1 and 65533"),
+            ));
+        }
     }
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| fail(format!("cannot create {}: {e}", args.dir.display())))?;
@@ -208,10 +227,8 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     let endpoints: Vec<String> = (0..3)
         .map(|i| format!("127.0.0.1:{}", args.base_port + i))
         .collect();
-    let cluster = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| format!("{}={e}", i + 1))
+    let cluster = (0..3)
+        .map(|i| format!("{}=127.0.0.1:{}", i + 1, args.peer_base_port + i))
         .collect::<Vec<_>>()
         .join(",");
 
@@ -240,7 +257,7 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
             &exe,
             &dir,
             id,
-            (args.base_port, args.http_base_port),
+            (args.base_port, args.http_base_port, args.peer_base_port),
             &cluster,
             args.tls.then_some(certs.as_path()),
         )?;

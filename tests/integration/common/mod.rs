@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -103,7 +103,10 @@ pub async fn put_at(address: &str, key: &str, value: &[u8]) -> Result<u64, Statu
 
 pub struct TestNode {
     pub id: u64,
+    /// The client port (`--listen`).
     pub address: String,
+    /// The peer port (`--peer-listen`), on the same IP.
+    pub peer_address: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Started with `--join <the other nodes>` instead of `--initial-cluster`.
@@ -154,15 +157,32 @@ impl Default for ClusterOptions {
 }
 
 impl ClusterOptions {
-    /// The address node `id` listens on.
-    fn address(&self, id: u64) -> String {
+    /// The client and peer addresses node `id` listens on.
+    fn addresses(&self, id: u64) -> (String, String) {
         let ip = if self.own_ips {
             let last = u8::try_from(id + 1).expect("at most 254 nodes with own IPs");
             Ipv4Addr::new(127, 0, 0, last)
         } else {
             Ipv4Addr::LOCALHOST
         };
-        format!("{ip}:{}", free_port_on(ip))
+        (
+            format!("{ip}:{}", free_port_on(ip)),
+            format!("{ip}:{}", free_port_on(ip)),
+        )
+    }
+
+    fn node(&self, dir: &Path, id: u64, joins: bool) -> TestNode {
+        let (address, peer_address) = self.addresses(id);
+        TestNode {
+            id,
+            address,
+            peer_address,
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            joins,
+            http: (self.http && !joins).then(|| format!("127.0.0.1:{}", free_port())),
+            child: None,
+        }
     }
 }
 
@@ -225,22 +245,13 @@ impl TestCluster {
         options: ClusterOptions,
         node_env: Vec<(u64, String, String)>,
     ) -> Self {
-        let http = options.http;
         let dir = tempfile::tempdir().expect("temporary directory");
         let nodes: Vec<TestNode> = (1..=size)
-            .map(|id| TestNode {
-                id,
-                address: options.address(id),
-                data_dir: dir.path().join(format!("node{id}")),
-                log: dir.path().join(format!("node{id}.log")),
-                joins: false,
-                http: http.then(|| format!("127.0.0.1:{}", free_port())),
-                child: None,
-            })
+            .map(|id| options.node(dir.path(), id, false))
             .collect();
         let initial_cluster = nodes
             .iter()
-            .map(|n| format!("{}={}", n.id, n.address))
+            .map(|n| format!("{}={}", n.id, n.peer_address))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Self {
@@ -279,7 +290,7 @@ impl TestCluster {
             .nodes
             .iter()
             .filter(|n| !n.joins)
-            .map(|n| n.address.clone())
+            .map(|n| n.peer_address.clone())
             .collect::<Vec<_>>()
             .join(",");
         let extra_args = self.extra_args.clone();
@@ -306,6 +317,7 @@ impl TestCluster {
             .arg("serve")
             .args(["--id", &id.to_string()])
             .args(["--listen", &node.address])
+            .args(["--peer-listen", &node.peer_address])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(membership)
@@ -338,15 +350,8 @@ impl TestCluster {
     /// Adds and starts a new, empty node that joins the running cluster with `--join`.
     pub fn start_joining_node(&mut self) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        self.nodes.push(TestNode {
-            id,
-            address: self.options.address(id),
-            data_dir: self.dir.path().join(format!("node{id}")),
-            log: self.dir.path().join(format!("node{id}.log")),
-            joins: true,
-            http: None,
-            child: None,
-        });
+        let node = self.options.node(self.dir.path(), id, true);
+        self.nodes.push(node);
         self.start_node(id);
         id
     }

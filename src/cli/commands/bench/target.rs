@@ -67,7 +67,8 @@ pub async fn resolve_endpoints(args: &BenchArgs) -> Result<Vec<String>, CliError
         };
         if let Ok(status) = ClusterClient::new(channel).status(StatusRequest {}).await {
             let status = status.into_inner();
-            if status.leader_id != 0 {
+            // A leader's client address is empty for a moment after a new cluster starts.
+            if status.leader_id != 0 && !status.leader_address.is_empty() {
                 return Ok(vec![status.leader_address]);
             }
         }
