@@ -65,20 +65,39 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_under_faults_is_linearizable() {
+    let secs = env_u64("RAFTKV_LIN_SECS").unwrap_or(DEFAULT_SECS);
+    run_bounded(secs, false).await;
+}
+
+/// The same with TLS on every client port and mutual TLS between the nodes: TLS must not change
+/// what is acknowledged or seen (a shorter run, as the faults and checks are the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_under_faults_is_linearizable_with_tls() {
+    let secs = env_u64("RAFTKV_LIN_SECS").unwrap_or(DEFAULT_SECS) / 2;
+    run_bounded(secs, true).await;
+}
+
+/// The runs share the loopback addresses 127.0.0.2-4 and this process's firewall chain, so
+/// they take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn run_bounded(secs: u64, tls: bool) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let seed = env_u64("RAFTKV_LIN_SEED").unwrap_or_else(|| {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         now.map(|d| d.as_nanos() as u64).unwrap_or(0) ^ u64::from(std::process::id())
     });
-    let secs = env_u64("RAFTKV_LIN_SECS").unwrap_or(DEFAULT_SECS);
     let _seed = SeedOnPanic(seed);
-    eprintln!("linearizability: seed {seed} (RAFTKV_LIN_SEED={seed} repeats it), {secs} s");
+    eprintln!(
+        "linearizability: seed {seed} (RAFTKV_LIN_SEED={seed} repeats it), {secs} s, tls {tls}"
+    );
     let bound = Duration::from_secs(secs + 90);
-    tokio::time::timeout(bound, run(seed, Duration::from_secs(secs)))
+    tokio::time::timeout(bound, run(seed, Duration::from_secs(secs), tls))
         .await
         .unwrap_or_else(|_| panic!("the test exceeded its bound of {bound:?}"));
 }
 
-async fn run(seed: u64, workload: Duration) {
+async fn run(seed: u64, workload: Duration, tls: bool) {
     let started = Instant::now();
     let firewall = match Firewall::install() {
         Ok(firewall) => Some(firewall),
@@ -90,6 +109,7 @@ async fn run(seed: u64, workload: Duration) {
     let options = ClusterOptions {
         own_ips: true,
         election_timeout_ms: 500,
+        tls,
         ..ClusterOptions::default()
     };
     let cluster = TestCluster::start_with(3, &["--request-timeout-ms", "1500"], options).await;
@@ -105,9 +125,10 @@ async fn run(seed: u64, workload: Duration) {
         .iter()
         .map(|n| (n.id, n.address.clone()))
         .collect();
+    let client_tls = cluster.client_tls().cloned();
     let new_client = |id: usize| Client {
         id,
-        nodes: client::connect(&addresses),
+        nodes: client::connect(&addresses, client_tls.as_ref()),
         rng: Rng::derived(seed, id as u64 + 1),
         recorder: recorder.clone(),
         keys: keys.clone(),

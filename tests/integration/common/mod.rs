@@ -21,7 +21,7 @@ use raftkv::proto::v1::{
     StatusResponse,
 };
 use tempfile::TempDir;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 /// The raftkv binary built by cargo for these tests.
@@ -79,23 +79,45 @@ pub fn free_port_on(ip: Ipv4Addr) -> u16 {
 
 /// A channel to one node; connects eagerly so an unreachable node fails fast.
 pub async fn channel_to(address: &str) -> Result<Channel, Status> {
-    Channel::from_shared(format!("http://{address}"))
-        .map_err(|e| Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(15))
+    channel_with(address, None).await
+}
+
+/// [`channel_to`] over TLS when `tls` is given.
+pub async fn channel_with(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, Status> {
+    endpoint(address, tls)?
         .connect()
         .await
         .map_err(|e| Status::unavailable(e.to_string()))
 }
 
+/// The endpoint of a node's client port, over TLS when `tls` is given.
+pub fn endpoint(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Status> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Channel::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(15));
+    match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| Status::invalid_argument(e.to_string())),
+        None => Ok(endpoint),
+    }
+}
+
 /// One Put to the node at `address`.
 pub async fn put_at(address: &str, key: &str, value: &[u8]) -> Result<u64, Status> {
+    put_on(channel_to(address).await?, key, value).await
+}
+
+/// One Put through `channel`.
+pub async fn put_on(channel: Channel, key: &str, value: &[u8]) -> Result<u64, Status> {
     let request = PutRequest {
         key: key.to_string(),
         value: value.to_vec(),
         ttl_ms: 0,
     };
-    let mut client = KvClient::new(channel_to(address).await?)
+    let mut client = KvClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     Ok(client.put(request).await?.into_inner().revision)
@@ -144,6 +166,9 @@ pub struct ClusterOptions {
     pub own_ips: bool,
     /// `--election-timeout-ms` of every node (heartbeat 100 ms).
     pub election_timeout_ms: u64,
+    /// TLS with client certificates on every client port and mutual TLS on every peer port,
+    /// from certificates `raftkv certs init` writes for the test; the harness's clients use them.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -152,6 +177,7 @@ impl Default for ClusterOptions {
             http: false,
             own_ips: false,
             election_timeout_ms: 1000,
+            tls: false,
         }
     }
 }
@@ -194,6 +220,69 @@ pub struct TestCluster {
     /// Environment given to one node's process on every start: (node id, name, value).
     node_env: Vec<(u64, String, String)>,
     options: ClusterOptions,
+    /// With [`ClusterOptions::tls`]: the certificates and the clients' TLS.
+    pub tls: Option<TestTls>,
+}
+
+/// Certificates of a TLS test cluster (`raftkv certs init`, one per node id up to
+/// [`TestTls::NODES`], valid for 127.0.0.1-127.0.0.9) and the TLS its clients use.
+pub struct TestTls {
+    pub certs: PathBuf,
+    pub client: ClientTlsConfig,
+}
+
+impl TestTls {
+    pub const NODES: u64 = 8;
+
+    fn init(dir: &Path) -> Self {
+        let certs = dir.join("certs");
+        let hosts = (1..=9)
+            .map(|i| format!("127.0.0.{i}"))
+            .chain(["localhost".to_string()])
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = Command::new(RAFTKV)
+            .args(["certs", "init"])
+            .arg(&certs)
+            .args(["--nodes", &Self::NODES.to_string(), "--hosts", &hosts])
+            .output()
+            .expect("run raftkv certs init");
+        assert!(
+            out.status.success(),
+            "certs init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let client = raftkv::transport::client_tls(
+            &certs.join("ca.pem"),
+            Some((&certs.join("client.pem"), &certs.join("client-key.pem"))),
+            ["ca.pem", "client.pem", "client-key.pem"],
+        )
+        .expect("client TLS");
+        Self { certs, client }
+    }
+
+    /// The `raftkv serve` flags of node `id`: both ports TLS, client certificates required.
+    fn serve_args(&self, id: u64) -> Vec<String> {
+        assert!(id <= Self::NODES, "no certificate for node {id}");
+        let file = |name: String| self.certs.join(name).display().to_string();
+        let (cert, key, ca) = (
+            file(format!("node{id}.pem")),
+            file(format!("node{id}-key.pem")),
+            file("ca.pem".into()),
+        );
+        [
+            ("--cert-file", &cert),
+            ("--key-file", &key),
+            ("--trusted-ca-file", &ca),
+            ("--peer-cert-file", &cert),
+            ("--peer-key-file", &key),
+            ("--peer-trusted-ca-file", &ca),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.clone()])
+        .chain(["--client-cert-auth".to_string()])
+        .collect()
+    }
 }
 
 impl TestCluster {
@@ -246,6 +335,7 @@ impl TestCluster {
         node_env: Vec<(u64, String, String)>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let tls = options.tls.then(|| TestTls::init(dir.path()));
         let nodes: Vec<TestNode> = (1..=size)
             .map(|id| options.node(dir.path(), id, false))
             .collect();
@@ -261,6 +351,7 @@ impl TestCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_env,
             options,
+            tls,
         };
         for id in 1..=size {
             cluster.start_node(id);
@@ -301,6 +392,11 @@ impl TestCluster {
             .map(|(_, k, v)| (k.clone(), v.clone()))
             .collect();
         let election_timeout_ms = self.options.election_timeout_ms.to_string();
+        let tls_args = self
+            .tls
+            .as_ref()
+            .map(|tls| tls.serve_args(id))
+            .unwrap_or_default();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = File::options()
@@ -328,6 +424,7 @@ impl TestCluster {
             )
             .args(["--heartbeat-ms", "100"])
             .args(["--election-timeout-ms", &election_timeout_ms])
+            .args(&tls_args)
             .args(&extra_args)
             .env("RAFTKV_LOG", "info")
             .envs(env)
@@ -430,7 +527,12 @@ impl TestCluster {
     }
 
     pub async fn channel(&self, id: u64) -> Result<Channel, Status> {
-        channel_to(&self.node(id).address).await
+        channel_with(&self.node(id).address, self.client_tls()).await
+    }
+
+    /// The TLS the harness's clients use, for a TLS cluster.
+    pub fn client_tls(&self) -> Option<&ClientTlsConfig> {
+        self.tls.as_ref().map(|tls| &tls.client)
     }
 
     pub async fn kv(&self, id: u64) -> Result<KvClient<Channel>, Status> {
@@ -445,7 +547,7 @@ impl TestCluster {
     }
 
     pub async fn put(&self, id: u64, key: &str, value: &[u8]) -> Result<u64, Status> {
-        put_at(&self.node(id).address, key, value).await
+        put_on(self.channel(id).await?, key, value).await
     }
 
     pub async fn get(

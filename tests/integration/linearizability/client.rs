@@ -19,7 +19,7 @@ use raftkv::proto::v1::{
     CompareAndSwapRequest, Consistency, DeleteRequest, GetRequest, PutRequest,
 };
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Request, Status};
 
 use super::checker::{Call, Ret, Value};
@@ -88,13 +88,17 @@ fn key_name(slot: usize, generation: u64) -> String {
     format!("{KEY_PREFIX}{slot}-{generation:04}")
 }
 
-/// A client to every node over lazily connected channels from 127.0.0.1.
-pub fn connect(addresses: &[(u64, String)]) -> Vec<(u64, KvClient<Channel>)> {
+/// A client to every node over lazily connected channels from 127.0.0.1 (TLS with `tls`).
+pub fn connect(
+    addresses: &[(u64, String)],
+    tls: Option<&ClientTlsConfig>,
+) -> Vec<(u64, KvClient<Channel>)> {
     addresses
         .iter()
         .map(|(id, address)| {
-            let channel = Endpoint::from_shared(format!("http://{address}"))
+            let channel = crate::common::endpoint(address, tls)
                 .expect("node address")
+                .timeout(Duration::from_secs(3600))
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
                 .connect_lazy();
