@@ -10,6 +10,7 @@ pub mod expiry;
 pub mod health;
 pub mod membership;
 pub mod runtime;
+pub mod security;
 pub mod shutdown;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 
 use self::config::ServeArgs;
 use self::shutdown::StopSignal;
+use crate::api::auth;
 use crate::api::kv::KvSettings;
 use crate::api::{ClusterService, ForwardService, KvService, Limits};
 use crate::op::OpCounters;
@@ -83,6 +85,10 @@ impl Node {
     pub async fn start(args: ServeArgs) -> anyhow::Result<Node> {
         let address = args.validate().map_err(|e| anyhow!(e))?;
         let tls = args.tls().map_err(|e| anyhow!(e))?;
+        let tokens = security::tokens(&args).map_err(|e| anyhow!(e))?;
+        let http_tls = security::http_tls(&args).map_err(|e| anyhow!(e))?;
+        // Installed now, so that from here on a SIGHUP reloads tokens and never stops the node.
+        let sighup = auth::reload_on_sighup(tokens.clone()).context("cannot listen for SIGHUP")?;
         crate::failpoints::configure_from_env().map_err(|e| anyhow!(e))?;
         let raft_settings = Arc::new(raft_config(&args.raft_settings())?);
         crate::memory::tune_allocator();
@@ -164,6 +170,7 @@ impl Node {
         node.background
             .spawn(health::track_health(raft.clone(), health));
         node.background.spawn(expiry::run(raft.clone(), reader));
+        node.background.spawn(sighup);
         if !args.join.is_empty() {
             node.background.spawn(membership::join_cluster(
                 raft.clone(),
@@ -178,17 +185,19 @@ impl Node {
             let gateway = crate::http::Gateway {
                 kv: kv.clone(),
                 raft: raft.clone(),
+                tokens: tokens.clone(),
             };
+            let https = http_tls.is_some();
             let (stopped, stopped_too) = (node.stop.stopped(), node.stop.stopped());
             // A failed gateway is reported and leaves gRPC serving.
             node.front_doors.spawn(async move {
-                if let Err(e) = crate::http::serve(listener, gateway, stopped).await {
+                if let Err(e) = crate::http::serve(listener, gateway, http_tls, stopped).await {
                     tracing::warn!("HTTP gateway failed: {e}");
                     stopped_too.await;
                 }
                 Ok(())
             });
-            tracing::info!(http = %addr, "HTTP gateway serving");
+            tracing::info!(http = %addr, https, "HTTP gateway serving");
         }
 
         let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
@@ -204,14 +213,17 @@ impl Node {
         let tls_on = server_tls.is_some();
         let router = transport::server(server_tls)
             .map_err(|e| anyhow!(e))?
-            .add_service(KvService::server(kv.clone()))
+            .add_service(auth::require(tokens.clone(), KvService::server(kv.clone())))
             .add_service(ForwardService::server(kv))
-            .add_service(ClusterService::server(
-                raft.clone(),
-                address.clone(),
-                forwarder,
-                membership_timeout,
-                durable,
+            .add_service(auth::require(
+                tokens.clone(),
+                ClusterService::server(
+                    raft.clone(),
+                    address.clone(),
+                    forwarder,
+                    membership_timeout,
+                    durable,
+                ),
             ))
             .add_service(RaftService::server(raft, snapshot_mark))
             .add_service(health_service)
@@ -225,7 +237,7 @@ impl Node {
         });
 
         tracing::info!(id = args.id, listen = %args.listen, advertise = %address, tls = tls_on,
-            data_dir = %args.data_dir.display(), "raftkv node serving");
+            tokens = tokens.required(), data_dir = %args.data_dir.display(), "raftkv node serving");
         Ok(node)
     }
 
