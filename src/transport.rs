@@ -130,6 +130,61 @@ pub fn server_tls(
     Ok(tls)
 }
 
+/// TLS for the HTTP gateway, from the same PEM files as [`server_tls`]: tonic's
+/// `ServerTlsConfig` is opaque, so the gateway gets a rustls config of its own (ring, as tonic
+/// uses, no OpenSSL). It presents the certificate chain of `cert` with the key of `key`; with
+/// `client_ca` every client must present a certificate signed by it (`--client-cert-auth`).
+/// ALPN offers HTTP/2 and HTTP/1.1.
+pub fn http_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+
+    let certificates = |flag: &str, path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let found = CertificateDer::pem_slice_iter(&read_pem(flag, path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+        if found.is_empty() {
+            return Err(format!("{flag} {} holds no certificate", path.display()));
+        }
+        Ok(found)
+    };
+    let chain = certificates("--cert-file", cert)?;
+    let private_key = PrivateKeyDer::from_pem_slice(&read_pem("--key-file", key)?)
+        .map_err(|e| format!("--key-file {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS for the HTTP gateway: {e}"))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in certificates("--trusted-ca-file", ca)? {
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("--trusted-ca-file {}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("--trusted-ca-file {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, private_key)
+        .map_err(|e| format!("--cert-file and --key-file do not make a TLS identity: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// How a node reaches its peers and the leader: from which source address, and with which TLS.
 #[derive(Clone, Default)]
 pub struct Dialer {

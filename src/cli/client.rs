@@ -12,9 +12,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
+use super::token::SendToken;
 use super::{exit, ClientOpts};
 use crate::transport::{self, ConnectError};
 
@@ -36,12 +38,25 @@ impl CliError {
     /// Maps a server's answer to the exit codes of [`exit`]. FAILED_PRECONDITION (a membership
     /// change the current membership does not allow, e.g. promoting a node that is not a
     /// learner) is the caller's mistake like INVALID_ARGUMENT: repeating it will not help.
+    /// So is UNAUTHENTICATED (a node started with --auth-token-file refused the bearer token),
+    /// whose message also says how this CLI sends one.
     pub fn from_status(status: &Status) -> Self {
         let code = match status.code() {
             Code::NotFound => exit::NOT_FOUND,
             Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => exit::USAGE,
+            Code::Unauthenticated | Code::PermissionDenied => exit::USAGE,
             _ => exit::UNAVAILABLE,
         };
+        if status.code() == Code::Unauthenticated {
+            return Self::new(
+                code,
+                format!(
+                    "not authenticated: {}; raftkv sends a token with --token-file PATH \
+                     (or --token, RAFTKV_TOKEN_FILE, RAFTKV_TOKEN)",
+                    status.message()
+                ),
+            );
+        }
         Self::new(code, status.message().to_string())
     }
 }
@@ -49,10 +64,14 @@ impl CliError {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// A connection to one node that sends the command's bearer token (if any) on every call.
+pub type Connection = InterceptedService<Channel, SendToken>;
+
 pub struct Client {
     endpoints: Vec<String>,
     timeout: Duration,
     tls: Option<ClientTlsConfig>,
+    token: SendToken,
 }
 
 fn retryable(status: &Status) -> bool {
@@ -77,6 +96,7 @@ impl Client {
             endpoints,
             timeout: opts.timeout,
             tls: opts.tls.load()?,
+            token: opts.token.load()?,
         })
     }
 
@@ -84,9 +104,10 @@ impl Client {
         MAX_MESSAGE_BYTES
     }
 
-    /// A channel to `endpoint` with this client's TLS.
-    pub async fn connect(&self, endpoint: &str) -> Result<Channel, Status> {
-        Self::connect_with(endpoint, self.tls.as_ref()).await
+    /// A connection to `endpoint` with this client's TLS and bearer token.
+    pub async fn connect(&self, endpoint: &str) -> Result<Connection, Status> {
+        let channel = Self::connect_with(endpoint, self.tls.as_ref()).await?;
+        Ok(InterceptedService::new(channel, self.token.clone()))
     }
 
     /// A channel to `endpoint`, with `tls` when given.
@@ -105,7 +126,7 @@ impl Client {
     /// Runs `call` against the endpoints until one answers definitively or time runs out.
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, CliError>
     where
-        F: Fn(Channel, Duration) -> Fut,
+        F: Fn(Connection, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call_answered(call).await.map(|(_, value)| value)
@@ -115,7 +136,7 @@ impl Client {
     /// node's view, such as metrics and status, name the node they asked).
     pub async fn call_answered<T, F, Fut>(&self, call: F) -> Result<(String, T), CliError>
     where
-        F: Fn(Channel, Duration) -> Fut,
+        F: Fn(Connection, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.timeout;

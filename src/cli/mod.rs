@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod token;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,7 +22,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// A key was not found.
     pub const NOT_FOUND: u8 = 1;
-    /// Bad usage: a wrong flag, or input the server rejected as invalid.
+    /// Bad usage: a wrong flag, input the server rejected as invalid, or a missing or wrong
+    /// bearer token (UNAUTHENTICATED).
     pub const USAGE: u8 = 2;
     /// The cluster could not be reached or could not serve the request.
     pub const UNAVAILABLE: u8 = 3;
@@ -90,6 +92,42 @@ pub struct ClientOpts {
 
     #[command(flatten)]
     pub tls: TlsOpts,
+
+    #[command(flatten)]
+    pub token: TokenOpts,
+}
+
+/// The bearer token for nodes started with `--auth-token-file`, sent on every call.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TokenOpts {
+    /// File holding the bearer token to send (its first line that is not blank or a # comment).
+    #[arg(
+        long = "token-file",
+        id = "token_file",
+        value_name = "PATH",
+        env = "RAFTKV_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Bearer token to send. Prefer --token-file: a token on the command line is visible to
+    /// every user of the machine in `ps`.
+    #[arg(
+        long = "token",
+        id = "token",
+        value_name = "TOKEN",
+        env = "RAFTKV_TOKEN",
+        hide_env_values = true,
+        value_parser = token::Secret::parse
+    )]
+    pub token: Option<token::Secret>,
+}
+
+impl TokenOpts {
+    /// What to send with every call: the token of --token-file or --token, or nothing.
+    pub fn load(&self) -> Result<token::SendToken, CliError> {
+        token::SendToken::load(self.token_file.as_deref(), self.token.as_ref())
+    }
 }
 
 /// TLS for client commands, with etcdctl's flag names.

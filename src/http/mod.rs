@@ -9,13 +9,19 @@
 //! Keys may contain `/` (`PUT /kv/config/db/host` writes the key `config/db/host`) and are
 //! percent-decoded, so any UTF-8 key can be addressed.
 //!
+//! With the node's certificate (`--cert-file`/`--key-file`) the gateway speaks only HTTPS
+//! (`tls.rs`), and with `--auth-token-file` `/kv…` and `/metrics` need a bearer token
+//! (`auth.rs`); `/health` stays open for load balancers.
+//!
 //! Layout: this module holds the [`Gateway`] state, the server and its route table, and
 //! [`Failure`], the one error answer every handler returns; the handlers live in `kv.rs`
 //! (`/kv`), `metrics.rs` (`/metrics`) and `health.rs` (`/health`).
 
+mod auth;
 mod health;
 mod kv;
 mod metrics;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +34,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tonic::Code;
 
+use crate::api::auth::Tokens;
 use crate::api::KvService;
 use crate::raft::Raft;
 use health::health;
@@ -38,6 +45,8 @@ use metrics::metrics;
 pub struct Gateway {
     pub kv: Arc<KvService>,
     pub raft: Raft,
+    /// The bearer tokens `/kv…` and `/metrics` require ([`Tokens::none`]: open).
+    pub tokens: Tokens,
 }
 
 /// Largest request body accepted. The value limit (`--max-value-bytes`, 1 MiB by default) is
@@ -47,13 +56,18 @@ pub struct Gateway {
 /// rather than axum's default 2 MiB cut-off.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-/// Serves the gateway on `listener` until `shutdown` resolves.
+/// Serves the gateway on `listener` until `shutdown` resolves: HTTPS only with `tls` (see
+/// [`crate::transport::http_tls`]), plain HTTP without.
 pub async fn serve(
     listener: TcpListener,
     gateway: Gateway,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
+    if let Some(tls) = tls {
+        return tls::serve(listener, router(gateway), tls, shutdown).await;
+    }
     // Small replies must not wait for a delayed ACK (Nagle), as on the gRPC port.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -66,13 +80,20 @@ pub async fn serve(
 }
 
 /// The gateway's routes. `/kv/` is routed explicitly so an empty key reaches the service and
-/// gets the service's own "key cannot be empty" instead of a bare 404.
+/// gets the service's own "key cannot be empty" instead of a bare 404. Every route but
+/// `/health` is behind the bearer-token check, which runs before the body is read.
 pub fn router(gateway: Gateway) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/kv", kv::scan_route())
         .route("/kv/", kv::key_routes())
         .route("/kv/{*key}", kv::key_routes())
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gateway.tokens.clone(),
+            auth::require_bearer,
+        ));
+    Router::new()
+        .merge(guarded)
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -125,6 +146,8 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
         Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -168,6 +191,8 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(http_status(Code::FailedPrecondition), StatusCode::CONFLICT);
+        assert_eq!(http_status(Code::Unauthenticated), StatusCode::UNAUTHORIZED);
+        assert_eq!(http_status(Code::PermissionDenied), StatusCode::FORBIDDEN);
         assert_eq!(
             http_status(Code::Internal),
             StatusCode::INTERNAL_SERVER_ERROR

@@ -157,6 +157,13 @@ pub struct ServeArgs {
     /// compare-and-swap also holds the value it found).
     #[arg(long, env = "RAFTKV_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
     pub idempotency_max_keys: u64,
+
+    /// File of bearer tokens, one per line (blank lines and # comments ignored). Every call to
+    /// the KV and Cluster services, and every /kv and /metrics request, must then send
+    /// `authorization: Bearer <token>` with one of them; health, reflection and the peer
+    /// services stay open. Re-read on SIGHUP. Use with TLS: without it tokens travel in clear.
+    #[arg(long, env = "RAFTKV_AUTH_TOKEN_FILE", value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 /// The `--initial-cluster` members: id → address.

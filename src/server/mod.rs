@@ -10,6 +10,7 @@ pub mod expiry;
 pub mod health;
 pub mod membership;
 pub mod runtime;
+pub mod security;
 pub mod shutdown;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 
 use self::config::{Addresses, ServeArgs};
 use self::shutdown::StopSignal;
+use crate::api::auth;
 use crate::api::kv::KvSettings;
 use crate::api::{ClusterService, ForwardService, KvService, Limits};
 use crate::op::OpCounters;
@@ -89,6 +91,10 @@ impl Node {
     pub async fn start(args: ServeArgs) -> anyhow::Result<Node> {
         let addresses = args.validate().map_err(|e| anyhow!(e))?;
         let tls = args.tls().map_err(|e| anyhow!(e))?;
+        let tokens = security::tokens(&args).map_err(|e| anyhow!(e))?;
+        let http_tls = security::http_tls(&args).map_err(|e| anyhow!(e))?;
+        // Installed now, so that from here on a SIGHUP reloads tokens and never stops the node.
+        let sighup = auth::reload_on_sighup(tokens.clone()).context("cannot listen for SIGHUP")?;
         crate::failpoints::configure_from_env().map_err(|e| anyhow!(e))?;
         let raft_settings = Arc::new(raft_config(&args.raft_settings())?);
         crate::memory::tune_allocator();
@@ -166,6 +172,7 @@ impl Node {
         node.background
             .spawn(health::track_health(raft.clone(), health));
         node.background.spawn(expiry::run(raft.clone(), reader));
+        node.background.spawn(sighup);
         let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
         let cluster = Arc::new(ClusterService::new(
             raft.clone(),
@@ -196,17 +203,19 @@ impl Node {
             let gateway = crate::http::Gateway {
                 kv: kv.clone(),
                 raft: raft.clone(),
+                tokens: tokens.clone(),
             };
+            let https = http_tls.is_some();
             let (stopped, stopped_too) = (node.stop.stopped(), node.stop.stopped());
             // A failed gateway is reported and leaves gRPC serving.
             node.front_doors.spawn(async move {
-                if let Err(e) = crate::http::serve(listener, gateway, stopped).await {
+                if let Err(e) = crate::http::serve(listener, gateway, http_tls, stopped).await {
                     tracing::warn!("HTTP gateway failed: {e}");
                     stopped_too.await;
                 }
                 Ok(())
             });
-            tracing::info!(http = %addr, "HTTP gateway serving");
+            tracing::info!(http = %addr, https, "HTTP gateway serving");
         }
 
         // Reflection lists what the client port serves, not the peer services in the same
@@ -233,8 +242,11 @@ impl Node {
         }
         let client_router = transport::server(tls.client)
             .map_err(|e| anyhow!(e))?
-            .add_service(KvService::server(kv.clone()))
-            .add_service(ClusterService::server(cluster.clone()))
+            .add_service(auth::require(tokens.clone(), KvService::server(kv.clone())))
+            .add_service(auth::require(
+                tokens.clone(),
+                ClusterService::server(cluster.clone()),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
@@ -257,7 +269,8 @@ impl Node {
 
         tracing::info!(id = args.id, listen = %args.listen, advertise = %addresses.client,
             peer_listen = %addresses.peer_listen, peer_advertise = %addresses.peer,
-            client_tls, peer_tls, data_dir = %args.data_dir.display(), "raftkv node serving");
+            client_tls, peer_tls, tokens = tokens.required(),
+            data_dir = %args.data_dir.display(), "raftkv node serving");
         Ok(node)
     }
 

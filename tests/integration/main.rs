@@ -6,6 +6,7 @@
 
 mod common;
 
+mod auth;
 mod cli;
 mod cli_ops;
 mod cluster;

@@ -24,6 +24,10 @@ pub struct HealthArgs {
 
     #[command(flatten)]
     pub tls: crate::cli::TlsOpts,
+
+    /// The health service needs no token; one given (e.g. in RAFTKV_TOKEN) is sent all the same.
+    #[command(flatten)]
+    pub token: crate::cli::TokenOpts,
 }
 
 pub async fn health(args: HealthArgs) -> Result<(), CliError> {
@@ -33,9 +37,10 @@ pub async fn health(args: HealthArgs) -> Result<(), CliError> {
 
     let unavailable = |what: String| CliError::new(exit::UNAVAILABLE, what);
     let tls = args.tls.load()?;
+    let token = args.token.load()?;
     let check = async {
         let channel = Client::connect_with(&args.endpoint, tls.as_ref()).await?;
-        HealthClient::new(channel)
+        HealthClient::with_interceptor(channel, token)
             .check(HealthCheckRequest {
                 service: String::new(),
             })

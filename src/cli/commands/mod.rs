@@ -45,14 +45,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::Value;
-use tonic::transport::Channel;
 
-use super::client::{idempotency_key, write_request, CliError, Client};
+use super::client::{idempotency_key, write_request, CliError, Client, Connection};
 use super::exit;
 use crate::proto::v1::kv_client::KvClient;
 use crate::proto::v1::{BatchOp, BatchRequest, Consistency};
 
-fn kv(channel: Channel) -> KvClient<Channel> {
+fn kv(channel: Connection) -> KvClient<Connection> {
     KvClient::new(channel)
         .max_decoding_message_size(Client::max_message_bytes())
         .max_encoding_message_size(Client::max_message_bytes())

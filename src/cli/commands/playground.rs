@@ -46,8 +46,9 @@ pub struct PlaygroundArgs {
     #[arg(long, default_value = "30s", value_parser = crate::text::parse_duration)]
     pub wait: Duration,
 
-    /// Serve gRPC and HTTP over TLS with client certificates required (--client-cert-auth), and
-    /// mutual TLS between the nodes, using the certificates in DIR/certs, written there with
+    /// Serve gRPC and the HTTP gateway over TLS with client certificates required
+    /// (--client-cert-auth), and mutual TLS between the nodes, using the certificates in
+    /// DIR/certs, written there with
     /// `raftkv certs init` on first use.
     #[arg(long)]
     pub tls: bool,
@@ -288,9 +289,12 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     let list = endpoints.join(",");
     println!("raftkv playground: 3 nodes running, leader is node {leader}");
     println!("  data and logs: {}", dir.display());
+    // With TLS the HTTP gateway serves HTTPS with the node's certificate, and asks for the
+    // client certificate like the gRPC port.
+    let scheme = if args.tls { "https" } else { "http" };
     for (i, endpoint) in endpoints.iter().enumerate() {
         println!(
-            "  node {}: gRPC {endpoint}  HTTP http://127.0.0.1:{}",
+            "  node {}: gRPC {endpoint}  HTTP {scheme}://127.0.0.1:{}",
             i + 1,
             args.http_base_port + i as u16
         );
@@ -299,7 +303,7 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     let raftkv = invocation();
     // With TLS every client command and grpcurl call names the CA and the client certificate.
     let shown = |file: &str| shell_word(&certs.join(file).display().to_string());
-    let (cli_tls, grpcurl_tls) = if args.tls {
+    let (cli_tls, grpcurl_tls, curl_tls) = if args.tls {
         (
             format!(
                 " --cacert {} --cert {} --key {}",
@@ -313,9 +317,15 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
                 shown("client.pem"),
                 shown("client-key.pem")
             ),
+            format!(
+                "--cacert {} --cert {} --key {} ",
+                shown("ca.pem"),
+                shown("client.pem"),
+                shown("client-key.pem")
+            ),
         )
     } else {
-        (String::new(), "-plaintext".to_string())
+        (String::new(), "-plaintext".to_string(), String::new())
     };
     println!("Try:");
     println!("  {raftkv} put greeting hello --endpoints {list}{cli_tls}");
@@ -331,11 +341,11 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
         endpoints[1]
     );
     println!(
-        "  curl -X PUT --data-binary hello http://127.0.0.1:{}/kv/greeting",
+        "  curl {curl_tls}-X PUT --data-binary hello {scheme}://127.0.0.1:{}/kv/greeting",
         args.http_base_port
     );
     println!(
-        "  curl http://127.0.0.1:{}/kv/greeting",
+        "  curl {curl_tls}{scheme}://127.0.0.1:{}/kv/greeting",
         args.http_base_port + 1
     );
     println!();

@@ -129,6 +129,10 @@ pub struct BenchArgs {
     /// TLS to raftkv nodes (`--cacert`, `--cert`, `--key`, as for every client command).
     #[command(flatten)]
     pub tls: crate::cli::TlsOpts,
+
+    /// The bearer token for nodes started with --auth-token-file (`--token-file`, `--token`).
+    #[command(flatten)]
+    pub token: crate::cli::TokenOpts,
 }
 
 impl BenchArgs {

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
 
 use super::{BenchArgs, TargetKind};
-use crate::cli::client::CliError;
+use crate::cli::client::{self, CliError};
 use crate::cli::exit;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::kv_client::KvClient;
@@ -19,7 +19,7 @@ use crate::transport::{self, ConnectError};
 /// One shared connection; clones share its HTTP/2 channel.
 #[derive(Clone)]
 pub enum Connection {
-    Raftkv(KvClient<Channel>),
+    Raftkv(KvClient<client::Connection>),
     #[cfg(feature = "etcd")]
     Etcd(etcd_client::KvClient),
 }
@@ -40,14 +40,16 @@ fn consistency(stale: bool) -> i32 {
     }
 }
 
-async fn raftkv_channel(args: &BenchArgs, endpoint: &str) -> Result<Channel, CliError> {
+async fn raftkv_channel(args: &BenchArgs, endpoint: &str) -> Result<client::Connection, CliError> {
     let tls = args.tls.load()?;
-    transport::connect(endpoint, Duration::from_secs(2), tls.as_ref())
+    let token = args.token.load()?;
+    let channel = transport::connect(endpoint, Duration::from_secs(2), tls.as_ref())
         .await
         .map_err(|e| match e {
             ConnectError::Invalid(message) => CliError::new(exit::USAGE, message),
             ConnectError::Unreachable(message) => unavailable(message),
-        })
+        })?;
+    Ok(InterceptedService::new(channel, token))
 }
 
 /// The endpoints to load: as given, or only the leader's with `--leader-only`.
