@@ -357,7 +357,32 @@ impl TestCluster {
             cluster.start_node(id);
         }
         cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster.wait_for_published(Duration::from_secs(30)).await;
         cluster
+    }
+
+    /// Waits until every node's view of the membership names every voter's client address: the
+    /// members of a new cluster publish theirs (one membership entry each) just after the first
+    /// election, and a test that counts log entries must not see those land midway.
+    pub async fn wait_for_published(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut published = true;
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                published &= match self.status(node.id).await {
+                    Ok(status) => status.voters.iter().all(|m| !m.address.is_empty()),
+                    Err(_) => false,
+                };
+            }
+            if published {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the members did not publish their client addresses within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn node_mut(&mut self, id: u64) -> &mut TestNode {
