@@ -36,3 +36,4 @@ pub mod storage;
 pub mod text;
 pub mod transport;
 pub mod types;
+pub mod watch;

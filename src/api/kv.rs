@@ -26,6 +26,7 @@ use crate::replica::read_index::ReadIndex;
 use crate::storage::log_store::DurableIndex;
 use crate::storage::KvReader;
 use crate::types::{now_ms, BatchOp, CasAction, Command, CommandResult, Expected, PutOp};
+use crate::watch::WatchHub;
 
 pub struct KvService {
     raft: Raft,
@@ -40,6 +41,10 @@ pub struct KvService {
     durable: DurableIndex,
     /// How keyed writes are remembered (`--idempotency-window`, `--idempotency-max-keys`).
     idempotency: idempotency::Policy,
+    /// The applied changes that watchers read.
+    watch: Arc<WatchHub>,
+    /// How often an idle watch with `progress_notify` hears the current revision.
+    watch_progress: Duration,
 }
 
 /// The operator's rules for client requests.
@@ -49,6 +54,8 @@ pub struct KvSettings {
     /// How long a write or a linearizable read may wait (`--request-timeout-ms`).
     pub timeout: Duration,
     pub idempotency: idempotency::Policy,
+    /// How often an idle watch with `progress_notify` hears the current revision.
+    pub watch_progress: Duration,
 }
 
 impl KvService {
@@ -58,12 +65,14 @@ impl KvService {
         forwarder: Forwarder,
         counters: Arc<OpCounters>,
         durable: DurableIndex,
+        watch: Arc<WatchHub>,
         settings: KvSettings,
     ) -> Self {
         let KvSettings {
             limits,
             timeout,
             idempotency,
+            watch_progress,
         } = settings;
         Self {
             proposer: Proposer::start(raft.clone()),
@@ -75,6 +84,8 @@ impl KvService {
             timeout,
             counters,
             durable,
+            watch,
+            watch_progress,
             idempotency,
         }
     }
@@ -299,6 +310,21 @@ fn unexpected(result: &CommandResult) -> Status {
 
 #[tonic::async_trait]
 impl Kv for KvService {
+    type WatchStream = super::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        super::watch::start(
+            &self.watch,
+            request.into_inner(),
+            &self.limits,
+            self.watch_progress,
+        )
+        .map(Response::new)
+    }
+
     async fn put(
         &self,
         request: Request<pb::PutRequest>,

@@ -100,6 +100,11 @@ impl Client {
         })
     }
 
+    /// The endpoints, in the order they are tried.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     pub fn max_message_bytes() -> usize {
         MAX_MESSAGE_BYTES
     }

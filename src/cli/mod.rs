@@ -55,6 +55,8 @@ pub enum Command {
     Del(commands::DelArgs),
     /// List keys in a range or under a prefix, following pages to the end.
     Scan(commands::ScanArgs),
+    /// Print each change to a key, a prefix or a range as it happens.
+    Watch(commands::WatchArgs),
     /// Write or delete a key only if its revision or value is the expected one.
     Cas(commands::CasArgs),
     /// One node's counters and Raft state.
@@ -185,6 +187,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         Command::Get(args) => commands::get(args).await,
         Command::Del(args) => commands::del(args).await,
         Command::Scan(args) => commands::scan(args).await,
+        Command::Watch(args) => commands::watch(args).await,
         Command::Cas(args) => commands::cas(args).await,
         Command::Metrics(args) => commands::metrics(args).await,
         Command::Cluster(command) => commands::cluster(command).await,

@@ -10,6 +10,7 @@ use crate::raft::member::DEFAULT_PEER_PORT_OFFSET;
 use crate::raft::{NodeId, RaftSettings};
 use crate::text::parse_duration;
 use crate::transport::{self, parse_host_port};
+use crate::watch::HistoryLimits;
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
 /// Settings of one node.
@@ -98,6 +99,20 @@ pub struct ServeArgs {
     /// every peer this node dials must serve one.
     #[arg(long, env = "RAFTKV_PEER_TRUSTED_CA_FILE", requires = "peer_cert_file")]
     pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Revisions of changes kept in memory for watchers that start in the past (`raftkv watch
+    /// --rev N`); a watch from an older revision is told the oldest it can start from.
+    #[arg(long, env = "RAFTKV_WATCH_HISTORY", default_value_t = 10_000)]
+    pub watch_history: usize,
+
+    /// Most bytes of keys and values that history holds (the oldest go first).
+    #[arg(long, env = "RAFTKV_WATCH_HISTORY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub watch_history_bytes: usize,
+
+    /// How often an idle watch that asked for progress notifications hears the current revision.
+    #[arg(long, env = "RAFTKV_WATCH_PROGRESS_INTERVAL", default_value = "5s",
+        value_parser = parse_duration)]
+    pub watch_progress_interval: Duration,
 
     /// Members of a new cluster as `id=host:port,…`, naming each member's peer address (its
     /// --peer-advertise). A node whose data dir is empty initialises the cluster with them; a
@@ -270,6 +285,14 @@ impl ServeArgs {
         Ok(tls)
     }
 
+    /// `--watch-history` and `--watch-history-bytes`.
+    pub fn watch_history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_revisions: self.watch_history,
+            max_bytes: self.watch_history_bytes,
+        }
+    }
+
     /// The flags that tune openraft.
     pub fn raft_settings(&self) -> RaftSettings {
         RaftSettings {
@@ -305,6 +328,9 @@ impl ServeArgs {
                 "--idempotency-window must be at least 1s and --idempotency-max-keys at least 1"
                     .into(),
             );
+        }
+        if self.watch_progress_interval < Duration::from_millis(100) {
+            return Err("--watch-progress-interval must be at least 100ms".into());
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             return Err("--max-key-bytes and --max-value-bytes must be at least 1".into());

@@ -36,10 +36,13 @@ use crate::replica::forward::Forwarder;
 use crate::replica::idempotency;
 use crate::storage;
 use crate::transport::{self, source_ip, Dialer};
+use crate::watch::WatchHub;
 
 /// A running node.
 pub struct Node {
     raft: Raft,
+    /// Ended first when the node stops: open watch streams would hold the servers open.
+    watch: Arc<WatchHub>,
     stop: StopSignal,
     /// The gRPC server and the HTTP gateway: they end when the stop signal is given.
     front_doors: JoinSet<anyhow::Result<()>>,
@@ -109,6 +112,8 @@ impl Node {
             storage::open(&args.data_dir, !args.unsafe_no_fsync).await?;
         log_store.set_node_id(args.id);
         let reader = state_machine.reader();
+        let watch = state_machine.watch_hub();
+        watch.set_limits(args.watch_history_limits());
         membership::give_up_restored_leadership(args.id, &log_store).await?;
         let listeners = Listeners::bind(&args, &addresses).await?;
 
@@ -152,6 +157,7 @@ impl Node {
                 window: args.idempotency_window,
                 max_keys: args.idempotency_max_keys,
             },
+            watch_progress: args.watch_progress_interval,
         };
         let kv = Arc::new(KvService::new(
             raft.clone(),
@@ -159,12 +165,14 @@ impl Node {
             forwarder.clone(),
             Arc::new(OpCounters::default()),
             durable.clone(),
+            watch.clone(),
             settings,
         ));
         let (health, health_service) = tonic_health::server::health_reporter();
 
         let mut node = Node {
             raft: raft.clone(),
+            watch,
             stop: StopSignal::new(),
             front_doors: JoinSet::new(),
             background: JoinSet::new(),
@@ -290,6 +298,7 @@ impl Node {
     /// Closes the front doors and waits for them, shuts Raft down, then ends the background
     /// tasks. Returns the first front door's failure, if any.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.watch.stop();
         self.stop.give();
         let mut first_failure = Ok(());
         while let Some(ended) = self.front_doors.join_next().await {

@@ -10,6 +10,10 @@
 //!
 //! Beside the entries lives the idempotency table (see `idempotency.rs`), which answers retried
 //! writes with their first result; it is replicated, and imaged, with the map.
+//!
+//! Every change is also recorded as a watch [`Event`] until the state machine takes them after
+//! the entry (`take_events`): a put of any key, and the removal of a key that was there (live, or
+//! expired but not yet removed, so that a watcher that saw it put also sees it go).
 
 mod idempotency;
 mod record;
@@ -30,6 +34,7 @@ use crate::types::{
     BatchOp, CasAction, Command, CommandResult, Expected, IdempotentCommand, Proposal, PutOp,
     StoredValue,
 };
+use crate::watch::{Event, EventKind};
 
 /// First byte of the image's tail, which follows the entries when there is an idempotency table
 /// to store: the tail's layout version. An image without a tail ends right after the entries.
@@ -48,6 +53,8 @@ pub struct KvMap {
     clock_ms: u64,
     /// Results of writes that carried an idempotency key, by key.
     idempotency: IdempotencyTable,
+    /// Changes made since the last `take_events`.
+    events: Vec<Event>,
 }
 
 /// One page of a scan.
@@ -86,6 +93,11 @@ impl KvMap {
     }
 
     /// The key's value if it is live at `now_ms`.
+    /// The changes made since the last call, in the order they were made.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
     pub fn get(&self, key: &str, now_ms: u64) -> Option<StoredValue> {
         self.live(key, now_ms).map(Record::to_stored)
     }
@@ -138,7 +150,18 @@ impl KvMap {
             .map(|at| (at, Box::<[u8]>::from(record.key())));
         self.value_bytes += record.value().len() as u64;
         self.key_bytes += record.key().len() as u64;
+        let mut event = Event {
+            kind: EventKind::Put,
+            key: record.key_string(),
+            value: record.value().to_vec(),
+            prev: None,
+        };
         let old = self.entries.replace(record);
+        event.prev = old
+            .as_ref()
+            .filter(|r| r.is_live(self.clock_ms))
+            .map(Record::to_stored);
+        self.events.push(event);
         // The old entry's index is dropped before the new one is added: both may be the same
         // (key, expiry) pair, e.g. a rewrite with the same absolute expiry.
         let existed = self.forget(old);
@@ -150,6 +173,14 @@ impl KvMap {
 
     fn remove(&mut self, key: &[u8]) -> bool {
         let old = self.entries.take(key);
+        if let Some(old) = &old {
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                key: old.key_string(),
+                value: Vec::new(),
+                prev: Some(old.to_stored()),
+            });
+        }
         self.forget(old)
     }
 

@@ -32,6 +32,7 @@ use super::snapshot_mark::SnapshotMark;
 use crate::memory::release_free_memory;
 use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::types::{now_ms, CommandResult, StoredValue};
+use crate::watch::{HistoryLimits, WatchHub};
 
 /// Everything a snapshot must capture together: the map, how far it has applied, and the
 /// membership in force at that point.
@@ -123,6 +124,8 @@ pub struct StateMachineStore {
     /// Which log entries were acknowledged before their flush: such an entry is applied only
     /// once it is on this node's disk.
     durable: DurableIndex,
+    /// Where the changes of each applied entry go for watchers, in apply order.
+    watch: Arc<WatchHub>,
 }
 
 impl StateMachineStore {
@@ -139,8 +142,12 @@ impl StateMachineStore {
             state: Shared::default(),
             snapshots,
             durable,
+            watch: Arc::new(WatchHub::new(HistoryLimits::default())),
         };
         if let Some((meta, map)) = store.snapshots.load_map()? {
+            store
+                .watch
+                .reset(meta.last_log_id.map(|id| id.index).unwrap_or(0));
             *write(&store.state) = KvState {
                 map,
                 last_applied: meta.last_log_id,
@@ -154,6 +161,11 @@ impl StateMachineStore {
     /// The last log index the map covers (after `open`: the loaded snapshot's).
     pub fn snapshot_last_index(&self) -> Option<u64> {
         read(&self.state).last_applied.map(|id| id.index)
+    }
+
+    /// The feed of applied changes (see [`crate::watch`]).
+    pub fn watch_hub(&self) -> Arc<WatchHub> {
+        self.watch.clone()
     }
 
     pub fn reader(&self) -> KvReader {
@@ -210,6 +222,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     CommandResult::Noop { revision: index }
                 }
             };
+            // Under the state's write lock: a watcher never sees a change before a read can.
+            self.watch.publish(index, state.map.take_events());
             results.push(result);
         }
         Ok(results)
@@ -272,6 +286,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let mut state = write(&self.state);
         new_state.map.keep_counters_of(&state.map);
+        self.watch
+            .reset(meta.last_log_id.map(|id| id.index).unwrap_or(0));
         let old_state = std::mem::replace(&mut *state, new_state);
         drop(state);
         drop(old_state);

@@ -24,3 +24,4 @@ mod store_suite;
 mod tls;
 #[cfg(feature = "failpoints")]
 mod ttl_across_leaders;
+mod watch;

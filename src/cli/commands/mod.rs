@@ -1,5 +1,5 @@
 //! Every subcommand: `serve` and `playground` run nodes, `bench` loads a cluster, the rest are
-//! client commands (put, get, del, scan, cas, metrics, status, cluster membership, health).
+//! client commands (put, get, del, scan, cas, watch, metrics, status, cluster membership, health).
 //!
 //! Each command parses its arguments into a request, sends it through [`Client`] (which fails
 //! over between endpoints) and prints the answer: plain text for people, or with `--json` one
@@ -24,6 +24,7 @@ mod playground;
 mod put;
 mod scan;
 mod serve;
+mod watch;
 
 pub use bench::{run as bench, BenchArgs};
 pub use cas::{cas, CasArgs};
@@ -40,6 +41,7 @@ pub use playground::{run as playground, PlaygroundArgs};
 pub use put::{plan_put, put, PutArgs, PutPlan, ValueSource};
 pub use scan::{scan, ScanArgs};
 pub use serve::serve;
+pub use watch::{watch, WatchArgs};
 
 use std::io::Write;
 use std::time::Duration;
