@@ -313,3 +313,28 @@ async fn a_watch_older_than_the_history_is_told_the_oldest_revision() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_node_replays_its_history_to_watchers() {
+    bounded(async {
+        let mut cluster = TestCluster::start(3, &[]).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let mut revisions = Vec::new();
+        for i in 0..5 {
+            revisions.push(cluster.put(leader, &format!("r/{i}"), b"v").await.unwrap());
+        }
+        let restarted = cluster.others(leader)[0];
+        let mut before = open(&cluster, restarted, "r/", revisions[0]).await;
+        let expected = collect(&mut before, 5).await;
+        drop(before);
+        cluster.kill(restarted);
+        cluster.start_node(restarted);
+        cluster
+            .wait_applied(restarted, revisions[4], Duration::from_secs(30))
+            .await;
+        // The log entries replayed after the (absent) snapshot refill the history.
+        let mut after = open(&cluster, restarted, "r/", revisions[0]).await;
+        assert_eq!(collect(&mut after, 5).await, expected);
+    })
+    .await
+}

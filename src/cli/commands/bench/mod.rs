@@ -6,6 +6,7 @@
 
 mod report;
 mod target;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,9 @@ pub enum Workload {
     Batch,
     /// Range reads of --scan-limit keys from a random start.
     Scan,
+    /// --watchers watch streams on one key, then --ops writes of it: delivery and fan-out
+    /// latency (raftkv only).
+    Watch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -121,6 +125,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Watch streams the watch workload opens.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+
+    /// How long the watch workload keeps its streams open and idle before writing.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub hold: Duration,
+
     /// Send an idempotency key with every write (raftkv only), to measure what exactly-once
     /// writes cost.
     #[arg(long)]
@@ -201,6 +213,9 @@ fn new_histogram() -> Histogram<u64> {
 
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     args.validate().map_err(|e| CliError::new(exit::USAGE, e))?;
+    if args.workload == Workload::Watch {
+        return watch::run(args).await;
+    }
     let endpoints = target::resolve_endpoints(&args).await?;
     let connections = target::connect(&args, &endpoints).await?;
     let value = Arc::new(vec![b'v'; args.value_size]);
@@ -334,6 +349,8 @@ async fn client_loop(
                     .await
             }
             Workload::Scan => connection.scan(&key, args.scan_limit, args.stale).await,
+            // Run by `watch::run` before any client loop starts.
+            Workload::Watch => return tally,
         };
         let done = Instant::now();
         if sent < measure_from {

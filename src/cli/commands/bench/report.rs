@@ -56,6 +56,7 @@ impl Report {
             Workload::Mixed => format!("mixed (read ratio {})", args.read_ratio),
             Workload::Batch => format!("batch (size {})", args.batch_size),
             Workload::Scan => format!("scan (limit {})", args.scan_limit),
+            Workload::Watch => "watch".to_string(),
             other => format!("{other:?}").to_lowercase(),
         };
         Report {

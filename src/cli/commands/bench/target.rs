@@ -40,7 +40,10 @@ fn consistency(stale: bool) -> i32 {
     }
 }
 
-async fn raftkv_channel(args: &BenchArgs, endpoint: &str) -> Result<client::Connection, CliError> {
+pub(super) async fn raftkv_channel(
+    args: &BenchArgs,
+    endpoint: &str,
+) -> Result<client::Connection, CliError> {
     let tls = args.tls.load()?;
     let token = args.token.load()?;
     let channel = transport::connect(endpoint, Duration::from_secs(2), tls.as_ref())
