@@ -9,6 +9,7 @@ pub mod config;
 pub mod expiry;
 pub mod health;
 pub mod membership;
+pub mod routers;
 pub mod runtime;
 pub mod security;
 pub mod shutdown;
@@ -24,11 +25,9 @@ use tokio::task::JoinSet;
 
 use self::config::{Addresses, ServeArgs};
 use self::shutdown::StopSignal;
-use crate::api::auth;
 use crate::api::kv::KvSettings;
 use crate::api::{ClusterService, ForwardService, KvService, Limits};
 use crate::op::OpCounters;
-use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::raft::network::NetworkFactory;
 use crate::raft::service::RaftService;
 use crate::raft::{raft_config, Node as Member, Raft};
@@ -97,7 +96,8 @@ impl Node {
         let tokens = security::tokens(&args).map_err(|e| anyhow!(e))?;
         let http_tls = security::http_tls(&args).map_err(|e| anyhow!(e))?;
         // Installed now, so that from here on a SIGHUP reloads tokens and never stops the node.
-        let sighup = auth::reload_on_sighup(tokens.clone()).context("cannot listen for SIGHUP")?;
+        let sighup = crate::api::auth::reload_on_sighup(tokens.clone())
+            .context("cannot listen for SIGHUP")?;
         crate::failpoints::configure_from_env().map_err(|e| anyhow!(e))?;
         let raft_settings = Arc::new(raft_config(&args.raft_settings())?);
         crate::memory::tune_allocator();
@@ -226,20 +226,6 @@ impl Node {
             tracing::info!(http = %addr, https, "HTTP gateway serving");
         }
 
-        // Reflection lists what the client port serves, not the peer services in the same
-        // descriptor set.
-        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
-            builder
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .with_service_name("raftkv.v1.KV")
-                .with_service_name("raftkv.v1.Cluster")
-                .with_service_name("grpc.health.v1.Health")
-        };
-        let reflection_v1 =
-            reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
-        let reflection_v1alpha =
-            reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
         let (client_tls, peer_tls) = (tls.client.is_some(), tls.peer.is_some());
         if client_tls && !peer_tls {
             tracing::warn!(
@@ -248,20 +234,18 @@ impl Node {
                  private network"
             );
         }
-        let client_router = transport::server(tls.client)
-            .map_err(|e| anyhow!(e))?
-            .add_service(auth::require(tokens.clone(), KvService::server(kv.clone())))
-            .add_service(auth::require(
-                tokens.clone(),
-                ClusterService::server(cluster.clone()),
-            ))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
-        let peer_router = transport::server(tls.peer)
-            .map_err(|e| anyhow!(e))?
-            .add_service(RaftService::server(raft, snapshot_mark))
-            .add_service(ForwardService::server(kv, cluster));
+        let client_router = routers::client(
+            tls.client,
+            &tokens,
+            KvService::server(kv.clone()),
+            ClusterService::server(cluster.clone()),
+            health_service,
+        )?;
+        let peer_router = routers::peer(
+            tls.peer,
+            RaftService::server(raft, snapshot_mark),
+            ForwardService::server(kv, cluster),
+        )?;
         let stopped = node.stop.stopped();
         node.front_doors.spawn(async move {
             transport::serve(client_router, listeners.client, stopped)
