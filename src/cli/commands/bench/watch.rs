@@ -4,7 +4,6 @@
 //! when the last one did (fan-out). With `--hold` the streams stay open and idle that long
 //! first, for reading the node's memory from outside (`scripts/watch-cost.sh`).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -19,9 +18,6 @@ use crate::proto::v1::{PutRequest, WatchRequest};
 
 /// The key every watcher follows and every write changes.
 const KEY: &str = "bench/watched";
-
-/// When each write was sent, by revision (filled by the writer, read by the watchers).
-type Sent = Arc<Mutex<Vec<(u64, Instant)>>>;
 
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     if args.target != TargetKind::Raftkv {
@@ -47,7 +43,8 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     }
 
     let opened = Instant::now();
-    let sent: Sent = Arc::default();
+    // When each write was sent, by revision.
+    let mut sent: Vec<(u64, Instant)> = Vec::with_capacity(writes as usize);
     let mut watchers = Vec::with_capacity(args.watchers);
     for i in 0..args.watchers {
         let mut client = KvClient::new(channels[i % channels.len()].clone());
@@ -60,7 +57,6 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             .await
             .map_err(|s| CliError::new(exit::UNAVAILABLE, format!("watch {i}: {}", s.message())))?
             .into_inner();
-        let sent = sent.clone();
         watchers.push(tokio::spawn(async move {
             let mut stream = stream;
             let mut received = Vec::new();
@@ -73,14 +69,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                     _ => break,
                 }
             }
-            let sent = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
             received
-                .into_iter()
-                .filter_map(|(revision, at)| {
-                    let (_, when) = sent.iter().find(|(r, _)| *r == revision)?;
-                    Some((revision, at.saturating_duration_since(*when)))
-                })
-                .collect::<Vec<_>>()
         }));
     }
     let open_secs = opened.elapsed().as_secs_f64();
@@ -105,9 +94,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             .map_err(|s| CliError::new(exit::UNAVAILABLE, format!("put: {}", s.message())))?
             .into_inner()
             .revision;
-        sent.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((revision, started));
+        sent.push((revision, started));
     }
 
     let mut delivery = new_histogram();
@@ -119,6 +106,11 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             .map_err(|_| CliError::new(exit::UNAVAILABLE, "a watcher got nothing for 60 s"))?
             .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("a watcher failed: {e}")))?;
         missing += writes.saturating_sub(seen.len() as u64);
+        // Matched only now: a watcher may hear of a write before its writer has the answer.
+        let seen = seen.into_iter().filter_map(|(revision, at)| {
+            let (_, when) = sent.iter().find(|(r, _)| *r == revision)?;
+            Some((revision, at.saturating_duration_since(*when)))
+        });
         for (revision, latency) in seen {
             delivery.saturating_record(latency.as_micros() as u64);
             let last = last_by_revision.entry(revision).or_default();
