@@ -4,6 +4,7 @@
 use crate::common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -385,19 +386,18 @@ struct Reaper(Option<std::process::Child>);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(child) = &mut self.0 else { return };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever the playground left behind (it died before it could stop its nodes): its
+        // nodes share its process group.
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -449,6 +449,8 @@ fn a_tls_playground_serves_its_printed_hints_and_refuses_plaintext() {
     let mut reaper = Reaper(Some(
         Command::new(RAFTKV)
             .current_dir(dir.path())
+            // Its own process group, so that the reaper can sweep up its nodes too.
+            .process_group(0)
             .args(["playground", "--tls", "--base-port", &base.to_string()])
             .args(["--http-base-port", &http_base.to_string(), "--dir", "pg"])
             .args(["--peer-base-port", &peer_base.to_string()])
@@ -499,6 +501,8 @@ fn playground_starts_serves_stops_on_ctrl_c_and_resumes_its_data() {
     let start = || {
         Command::new(RAFTKV)
             .current_dir(dir.path())
+            // Its own process group, so that the reaper can sweep up its nodes too.
+            .process_group(0)
             .args(["playground", "--base-port", &base.to_string()])
             .args(["--http-base-port", &http_base.to_string(), "--dir"])
             .arg(&pg_dir)
@@ -556,4 +560,48 @@ fn a_corrupt_raft_record_is_reported() {
         data.to_str().unwrap(),
         "the data dir looks damaged",
     );
+}
+
+/// Ctrl-C while the playground waits for its first leader stops the three nodes it started (it
+/// used to end the playground alone and leave them running). The first election takes a second
+/// or more, so half a second after the start the playground is still waiting.
+#[test]
+fn ctrl_c_during_the_playground_start_stops_its_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, http_base, peer_base) = (free_port_block(), free_port_block(), free_port_block());
+    let mut reaper = Reaper(Some(
+        Command::new(RAFTKV)
+            .current_dir(dir.path())
+            .process_group(0)
+            .args(["playground", "--base-port", &base.to_string()])
+            .args(["--http-base-port", &http_base.to_string(), "--dir", "pg"])
+            .args(["--peer-base-port", &peer_base.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn playground"),
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let child = reaper.0.as_mut().unwrap();
+    assert!(
+        child.try_wait().ok().flatten().is_none(),
+        "the playground is still starting"
+    );
+    let status = interrupt_and_wait(child);
+    assert!(
+        status.success(),
+        "exits 0 on Ctrl-C during its start: {status}"
+    );
+    // Its nodes are gone (checked before the reaper could sweep them up).
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::killpg(group, None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "playground nodes still running after Ctrl-C during the start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    reaper.0 = None;
 }

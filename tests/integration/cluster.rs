@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bounded, put_at, TestCluster};
+use common::{bounded, put_at, ClusterOptions, TestCluster};
 use raftkv::proto::v1::Consistency;
 use tonic::Code;
 
@@ -418,7 +418,15 @@ async fn many_concurrent_maximum_size_values_replicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_catches_up_on_a_backlog_of_maximum_size_values() {
     bounded(async {
-        let mut cluster = TestCluster::start(3, &[]).await;
+        // Each AppendEntries here carries up to 2 MiB and must reach the lagging node's disk
+        // within one heartbeat (openraft 0.9's bound on it): on a loaded two-core machine 100 ms
+        // is not always enough, and every timed-out attempt starts over.
+        let options = ClusterOptions {
+            heartbeat_ms: 300,
+            election_timeout_ms: 3000,
+            ..ClusterOptions::default()
+        };
+        let mut cluster = TestCluster::start_with(3, &[], options).await;
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
         let lagging = cluster.others(leader)[0];
         cluster.kill(lagging);

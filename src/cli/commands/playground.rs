@@ -253,6 +253,14 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     let mut nodes = Nodes {
         children: Vec::new(),
     };
+    // Installed before the nodes start: Ctrl-C while they come up must stop them too, not kill
+    // this process and leave them running.
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| fail(format!("cannot install signal handler: {e}")))
+    };
+    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     for id in 1..=3 {
         let child = spawn_node(
             &exe,
@@ -283,7 +291,12 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
                 dir.display()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            // Dropping `nodes` stops them.
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+        }
     };
 
     let list = endpoints.join(",");
@@ -351,15 +364,13 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), CliError> {
     println!();
     println!("Press Ctrl-C to stop all three nodes.");
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| fail(format!("cannot install signal handler: {e}")))?;
     // A node that dies (say, killed to try a failover) is reported once; the other two keep
     // serving until Ctrl-C, and the next run brings it back on its data.
     let mut reported = std::collections::BTreeSet::new();
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             _ = check.tick() => {
                 for (id, status) in nodes.all_exited() {

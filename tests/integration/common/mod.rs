@@ -164,8 +164,10 @@ pub struct ClusterOptions {
     /// Node `i` listens on 127.0.0.`i+1` instead of 127.0.0.1, so that a firewall rule can cut
     /// the traffic between two nodes by address (its peer connections leave from that address).
     pub own_ips: bool,
-    /// `--election-timeout-ms` of every node (heartbeat 100 ms).
+    /// `--election-timeout-ms` of every node.
     pub election_timeout_ms: u64,
+    /// `--heartbeat-ms` of every node; openraft 0.9 also bounds each AppendEntries by it.
+    pub heartbeat_ms: u64,
     /// TLS with client certificates on every client port and mutual TLS on every peer port,
     /// from certificates `raftkv certs init` writes for the test; the harness's clients use them.
     pub tls: bool,
@@ -177,6 +179,7 @@ impl Default for ClusterOptions {
             http: false,
             own_ips: false,
             election_timeout_ms: 1000,
+            heartbeat_ms: 100,
             tls: false,
         }
     }
@@ -417,6 +420,7 @@ impl TestCluster {
             .map(|(_, k, v)| (k.clone(), v.clone()))
             .collect();
         let election_timeout_ms = self.options.election_timeout_ms.to_string();
+        let heartbeat_ms = self.options.heartbeat_ms.to_string();
         let tls_args = self
             .tls
             .as_ref()
@@ -447,7 +451,7 @@ impl TestCluster {
                     .iter()
                     .flat_map(|http| ["--http-listen", http.as_str()]),
             )
-            .args(["--heartbeat-ms", "100"])
+            .args(["--heartbeat-ms", &heartbeat_ms])
             .args(["--election-timeout-ms", &election_timeout_ms])
             .args(&tls_args)
             .args(&extra_args)
