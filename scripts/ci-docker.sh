@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI step: build the image and run the failover test, or skip plainly when there is no Docker.
+# CI step: build the image and run the failover test (plaintext, then TLS), or skip plainly when
+# there is no Docker.
 set -euo pipefail
 
 usage() {
@@ -7,9 +8,11 @@ usage() {
 Usage: scripts/ci-docker.sh [--remove-image]
 
 When a Docker engine is reachable (`docker info`) and Compose is installed: builds the static
-binary and the image raftkv:local, then runs scripts/failover-test.sh against a fresh cluster
-(which that test starts and removes, volumes included). Any cluster left over from an earlier
-run of this project is removed first, and again at the end.
+binary and the image raftkv:local, then runs scripts/failover-test.sh twice, each time against
+a fresh cluster that the test starts and removes, volumes included: first the plaintext one,
+then the TLS variant (--tls: client certificates, mutual TLS between the nodes; certificates in
+certs/docker/, written on first use). Any cluster left over from an earlier run of this project
+is removed first, between the two runs, and again at the end.
 
 When no engine is reachable, or Compose is missing, prints that the Docker step is skipped and
 exits 0; set RAFTKV_REQUIRE_DOCKER=1 to make that an error instead.
@@ -72,5 +75,13 @@ log "Docker step: engine $(docker version -f '{{.Server.Version}}' 2>/dev/null),
 "$RAFTKV_ROOT/scripts/cluster-down.sh" --volumes >/dev/null 2>&1 || true
 build_binary
 build_image
+log "failover test, plaintext"
+t=$SECONDS
 "$RAFTKV_ROOT/scripts/failover-test.sh" --no-build
-log "Docker step passed in $((SECONDS - started))s"
+plaintext_s=$((SECONDS - t))
+"$RAFTKV_ROOT/scripts/cluster-down.sh" --volumes >/dev/null 2>&1 || true
+log "failover test, TLS"
+t=$SECONDS
+"$RAFTKV_ROOT/scripts/failover-test.sh" --no-build --tls
+tls_s=$((SECONDS - t))
+log "Docker step passed in $((SECONDS - started))s (failover test: plaintext ${plaintext_s}s, TLS ${tls_s}s)"

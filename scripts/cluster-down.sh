@@ -10,8 +10,12 @@ Stops node1-node3 (SIGTERM, so each node shuts down cleanly) and removes their c
 the compose network. The data volumes are kept, so the next scripts/cluster-up.sh resumes with
 the same data, unless --volumes is given.
 
+Works for both variants: when the project has TLS containers or a certs volume (from
+scripts/cluster-up.sh --tls), docker-compose.tls.yml is included, so that --volumes deletes the
+certs volume too. The certificates on the host (certs/docker/) are never deleted.
+
 Options:
-  -v, --volumes  also delete the named data volumes (all stored keys are lost)
+  -v, --volumes  also delete the named volumes: data (all stored keys are lost) and certs
   -h, --help     show this help
 EOF
 }
@@ -37,6 +41,11 @@ while (($#)); do
 done
 
 require_docker
+variant=""
+if tls_resources_exist; then
+    enable_tls
+    variant=" (TLS variant)"
+fi
 # A paused container cannot be stopped; unpause any first (the failover test pauses nodes).
 for n in "${RAFTKV_NODES[@]}"; do
     if [[ $(node_health "$n") == paused ]]; then
@@ -44,6 +53,6 @@ for n in "${RAFTKV_NODES[@]}"; do
         docker unpause "$(cid "$n")" >/dev/null || true
     fi
 done
-log "stopping the cluster (project $COMPOSE_PROJECT_NAME)${args[2]:+, deleting its volumes}"
+log "stopping the cluster (project $COMPOSE_PROJECT_NAME)$variant${args[2]:+, deleting its volumes}"
 compose "${args[@]}"
 log "cluster down"

@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/failover-test.sh [--no-build] [--keep] [--settle SECONDS]
+Usage: scripts/failover-test.sh [--tls] [--no-build] [--keep] [--settle SECONDS]
 
 Against the Docker Compose cluster (started here with scripts/cluster-up.sh if it is not
 running), a background writer puts distinct keys through all three endpoints and records every
@@ -20,10 +20,17 @@ Then it stops the writer, waits for every node to apply the whole log, and reads
 acknowledged key from every node (stale reads, i.e. each node's own copy). It fails if any is
 missing or has another value, and prints a summary table.
 
+With --tls the same test runs against the TLS variant (scripts/cluster-up.sh --tls: client
+certificates required, mutual TLS between the nodes): every raftkv call carries the
+certificates of certs/docker/ (RAFTKV_CACERT, RAFTKV_CERT, RAFTKV_KEY), and before the faults
+it checks that a plaintext client and a TLS client without a certificate are refused, that
+nothing they sent was written, and that no node publishes its peer port.
+
 Every wait is bounded. On exit (also on failure or Ctrl-C) the writer is stopped, paused or
 disconnected nodes are restored, and a cluster this script started is removed with its volumes.
 
 Options:
+  --tls             test the TLS variant (a running cluster must be the TLS one)
   --no-build        do not build the binary and image when starting the cluster
   --keep            leave a cluster this script started running (and its data), and keep
                     the writer's records and leader samples
@@ -38,8 +45,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 build=1
 keep=0
 settle=4
+tls=0
 while (($#)); do
     case $1 in
+    --tls) tls=1 ;;
     --no-build) build=0 ;;
     --keep) keep=1 ;;
     --settle)
@@ -61,6 +70,11 @@ while (($#)); do
 done
 
 require_docker
+transport=plaintext
+if ((tls)); then
+    enable_tls
+    transport=tls
+fi
 
 # --- state, cleanup -------------------------------------------------------------------------
 
@@ -304,18 +318,61 @@ for n in "${RAFTKV_NODES[@]}"; do
     [[ $(node_health "$n") =~ ^(healthy|starting|running)$ ]] || all_running=0
 done
 if ((all_running)); then
-    log "using the running cluster (project $COMPOSE_PROJECT_NAME); it is left running afterwards"
+    running=$(cluster_transport)
+    if [[ $running != "$transport" ]]; then
+        hint="run without --tls"
+        [[ $running == tls ]] && hint="run with --tls"
+        die "the running cluster is the $running one: $hint, or stop it first (scripts/cluster-down.sh)"
+    fi
+    log "using the running $transport cluster (project $COMPOSE_PROJECT_NAME); it is left running afterwards"
 else
-    log "starting a cluster for this test"
+    log "starting a $transport cluster for this test"
     started_cluster=1
     up_args=()
     ((build)) || up_args+=(--no-build)
+    ((!tls)) || up_args+=(--tls)
     "$RAFTKV_ROOT/scripts/cluster-up.sh" "${up_args[@]}" >/dev/null
 fi
 wait_cluster_ready 90
 [[ -x $RAFTKV_BIN ]] || die "$RAFTKV_BIN is missing (the host client); run scripts/cluster-up.sh first"
 read -r first_leader first_term < <(cluster_leader 1s)
 log "cluster ready: leader node$first_leader, term $first_term"
+
+# Only clients with a certificate from the CA get in: a plaintext client and a TLS client
+# without a certificate are refused and write nothing; the peer port is not published; the HTTP
+# gateway (plaintext, no client certificates) does not answer.
+tls_checks=""
+check_tls() {
+    local key=tls-check/$run_id n code kind err
+    for n in "${RAFTKV_NODES[@]}"; do
+        ! docker port "$(cid "$n")" 9001/tcp >/dev/null 2>&1 || die "node$n publishes its peer port 9001"
+    done
+    # Each put must fail; its error (on stderr) is shown.
+    for kind in plaintext no-client-cert; do
+        local unset=(-u RAFTKV_CERT -u RAFTKV_KEY)
+        [[ $kind == plaintext ]] && unset+=(-u RAFTKV_CACERT)
+        if env "${unset[@]}" "$RAFTKV_BIN" put "$key/$kind" x --endpoints "$ALL_ENDPOINTS" \
+            --timeout 2s >/dev/null 2>"$work/tls-$kind.err"; then
+            die "a $kind client wrote to the TLS cluster"
+        fi
+        err=$(head -n1 "$work/tls-$kind.err" | cut -c1-140)
+        log "  $kind client refused: $err"
+    done
+    for kind in plaintext no-client-cert; do
+        code=0
+        raftkv get "$key/$kind" --endpoints "$ALL_ENDPOINTS" --timeout 3s >/dev/null 2>&1 || code=$?
+        ((code == 1)) || die "$key/$kind: exit $code from a get with the client certificate, expected 1 (not found)"
+    done
+    if command -v curl >/dev/null 2>&1 && curl -sS -m 2 -o /dev/null http://127.0.0.1:8001/health 2>/dev/null; then
+        die "the HTTP gateway answers on 127.0.0.1:8001 in the TLS variant"
+    fi
+    tls_checks="plaintext client and client without certificate refused, nothing written; peer port unpublished"
+}
+if ((tls)); then
+    log "TLS checks"
+    check_tls
+    log "  ok: $tls_checks"
+fi
 
 writer &
 writer_pid=$!
@@ -502,6 +559,12 @@ printf '%-31s %-7s %-7s %-7s %-9s %s\n' "fault" "target" "leader" "term" "writab
 printf '%s\n' "${faults[@]}"
 echo
 printf 'Summary\n'
+if ((tls)); then
+    printf '  %-42s %s\n' "transport" "TLS: client certificates (--client-cert-auth), mutual TLS between nodes"
+    printf '  %-42s %s\n' "TLS checks" "$tls_checks"
+else
+    printf '  %-42s %s\n' "transport" "plaintext"
+fi
 printf '  %-42s %s\n' "faults injected" "4 (kill leader, pause follower, disconnect leader, restart cluster)"
 printf '  %-42s %s\n' "leader changes observed" "$leader_changes to another node; $elections elections won (term $first_term -> $final_term)"
 printf '  %-42s %s\n' "time to a new leader serving writes (max)" "$(fmt_ms "$max_failover_ms")"

@@ -6,6 +6,7 @@
 #   RAFTKV_IMAGE          image tag built and run (default: raftkv:local)
 #   RAFTKV_BIN            raftkv binary used as the client on the host
 #                         (default: the static build, target/static/…/release/raftkv)
+#   RAFTKV_CERTS_DIR      host directory of the TLS variant's certificates (default: certs/docker)
 
 RAFTKV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RAFTKV_TARGET=x86_64-unknown-linux-gnu
@@ -60,10 +61,17 @@ detect_compose() {
     fi
 }
 
-# Runs compose on this repository's docker-compose.yml and project.
+# The compose files: docker-compose.yml, plus docker-compose.tls.yml once enable_tls ran.
+COMPOSE_FILES=("$RAFTKV_ROOT/docker-compose.yml")
+
+# Runs compose on this repository's compose files and project.
 compose() {
     detect_compose || die "neither 'docker compose' nor 'docker-compose' is installed"
-    "${COMPOSE[@]}" -p "$COMPOSE_PROJECT_NAME" -f "$RAFTKV_ROOT/docker-compose.yml" "$@"
+    local file args=()
+    for file in "${COMPOSE_FILES[@]}"; do
+        args+=(-f "$file")
+    done
+    "${COMPOSE[@]}" -p "$COMPOSE_PROJECT_NAME" "${args[@]}" "$@"
 }
 
 require_docker() {
@@ -94,6 +102,91 @@ node_health() {
 # The compose network node N is attached to (first one).
 node_network() {
     docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{"\n"}}{{end}}' "$(cid "$1")" | head -n1
+}
+
+# --- TLS (the docker-compose.tls.yml variant) -----------------------------------------------
+
+# Where cluster-up.sh --tls writes the certificates (once) and where the host's client reads its
+# own from. git-ignored.
+RAFTKV_CERTS_DIR=${RAFTKV_CERTS_DIR:-$RAFTKV_ROOT/certs/docker}
+[[ $RAFTKV_CERTS_DIR == /* ]] || RAFTKV_CERTS_DIR=$PWD/$RAFTKV_CERTS_DIR
+# What goes into the nodes' `certs` volume: everything but the CA's key.
+RAFTKV_NODE_CERT_FILES=(ca.pem node1.pem node1-key.pem node2.pem node2-key.pem node3.pem
+    node3-key.pem client.pem client-key.pem)
+RAFTKV_TLS=0
+
+# Switches this script to the TLS variant: compose also reads docker-compose.tls.yml, and every
+# raftkv client call (through RAFTKV_CACERT/RAFTKV_CERT/RAFTKV_KEY) verifies the nodes against
+# the CA and presents the client certificate.
+enable_tls() {
+    RAFTKV_TLS=1
+    COMPOSE_FILES=("$RAFTKV_ROOT/docker-compose.yml" "$RAFTKV_ROOT/docker-compose.tls.yml")
+    export RAFTKV_CACERT=$RAFTKV_CERTS_DIR/ca.pem
+    export RAFTKV_CERT=$RAFTKV_CERTS_DIR/client.pem
+    export RAFTKV_KEY=$RAFTKV_CERTS_DIR/client-key.pem
+    certs_id
+}
+
+# Exports RAFTKV_CERTS_ID, a digest of ca.pem that docker-compose.tls.yml puts in a label, so
+# that new certificates make `compose up` recreate the nodes.
+certs_id() {
+    if [[ -f $RAFTKV_CERTS_DIR/ca.pem ]]; then
+        RAFTKV_CERTS_ID=$(sha256sum "$RAFTKV_CERTS_DIR/ca.pem" | cut -c1-16)
+        export RAFTKV_CERTS_ID
+    fi
+}
+
+# Writes the certificates with `raftkv certs init` unless they are there already.
+ensure_certs() {
+    local dir=$RAFTKV_CERTS_DIR file missing=()
+    if [[ ! -e $dir/ca.pem ]]; then
+        log "writing certificates to $dir (raftkv certs init; kept for later runs)"
+        raftkv certs init "$dir" --nodes 3 --hosts 127.0.0.1,localhost,node1,node2,node3 >/dev/null ||
+            die "raftkv certs init $dir failed"
+    fi
+    for file in "${RAFTKV_NODE_CERT_FILES[@]}"; do
+        [[ -f $dir/$file ]] || missing+=("$file")
+    done
+    ((${#missing[@]} == 0)) ||
+        die "$dir has ca.pem but lacks ${missing[*]}; delete the directory to have it written anew"
+    certs_id
+}
+
+# Copies the node and client certificates into the `certs` volume of the created (not
+# necessarily started) node containers, owned by the node's uid/gid 65532 with their modes
+# (keys 0600): a tar stream whose entries name that owner, unpacked by `docker cp -` into a
+# container that mounts the volume read-write and is never started (scratch has no cp or tar).
+# Works as any user and under rootless Docker; see docker-compose.tls.yml for why.
+fill_certs_volume() {
+    local volume helper status=0
+    volume=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/certs"}}{{.Name}}{{end}}{{end}}' "$(cid 1)")
+    [[ -n $volume ]] || die "node1 has no volume on /certs; was the cluster created with docker-compose.tls.yml?"
+    helper=$(docker create -v "$volume:/certs" "$RAFTKV_IMAGE") || die "cannot create a container to fill volume $volume"
+    tar -C "$RAFTKV_CERTS_DIR" --owner=65532 --group=65532 --numeric-owner -cf - \
+        "${RAFTKV_NODE_CERT_FILES[@]}" | docker cp - "$helper:/certs" || status=$?
+    docker rm "$helper" >/dev/null || warn "could not remove the helper container $helper"
+    ((status == 0)) || die "could not copy the certificates into volume $volume"
+    log "copied the certificates into volume $volume (owner 65532)"
+}
+
+# "tls" or "plaintext": how the existing node1 container was created; "none" without one.
+cluster_transport() {
+    local id
+    id=$(cid 1)
+    if [[ -z $id ]]; then
+        echo none
+    elif [[ $(docker inspect -f '{{index .Config.Labels "io.raftkv.tls"}}' "$id" 2>/dev/null) == true ]]; then
+        echo tls
+    else
+        echo plaintext
+    fi
+}
+
+# True when this project has TLS containers or a certs volume (which only the TLS variant has).
+tls_resources_exist() {
+    [[ $(cluster_transport) == tls ]] ||
+        [[ -n $(docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+            --filter "label=com.docker.compose.volume=certs") ]]
 }
 
 # --- building -------------------------------------------------------------------------------
@@ -208,7 +301,11 @@ wait_cluster_ready() {
 
 print_endpoints() {
     local n
-    echo "gRPC endpoints (plaintext):"
+    if ((RAFTKV_TLS)); then
+        echo "gRPC endpoints (TLS; a client certificate signed by ${RAFTKV_CACERT#"$RAFTKV_ROOT"/} is required):"
+    else
+        echo "gRPC endpoints (plaintext):"
+    fi
     for n in "${RAFTKV_NODES[@]}"; do
         printf '  node%d  %s\n' "$n" "$(endpoint "$n")"
     done
