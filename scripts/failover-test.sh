@@ -24,7 +24,8 @@ With --tls the same test runs against the TLS variant (scripts/cluster-up.sh --t
 certificates required, mutual TLS between the nodes): every raftkv call carries the
 certificates of certs/docker/ (RAFTKV_CACERT, RAFTKV_CERT, RAFTKV_KEY), and before the faults
 it checks that a plaintext client and a TLS client without a certificate are refused, that
-nothing they sent was written, and that no node publishes its peer port.
+nothing they sent was written, that no node publishes its peer port, and (with curl) that the
+HTTP gateway does not answer on 127.0.0.1:8001.
 
 Every wait is bounded. On exit (also on failure or Ctrl-C) the writer is stopped, paused or
 disconnected nodes are restored, and a cluster this script started is removed with its volumes.
@@ -74,6 +75,21 @@ transport=plaintext
 if ((tls)); then
     enable_tls
     transport=tls
+fi
+
+# A running cluster is tested as it is, so it must be of the variant asked for (checked before
+# anything is set up: a mismatch is a usage error, not a failed test).
+all_running=1
+for n in "${RAFTKV_NODES[@]}"; do
+    [[ $(node_health "$n") =~ ^(healthy|starting|running)$ ]] || all_running=0
+done
+if ((all_running)); then
+    running=$(cluster_transport)
+    if [[ $running != "$transport" ]]; then
+        hint="run without --tls"
+        [[ $running == tls ]] && hint="run with --tls"
+        die "the running cluster is the $running one: $hint, or stop it first (scripts/cluster-down.sh)"
+    fi
 fi
 
 # --- state, cleanup -------------------------------------------------------------------------
@@ -313,17 +329,7 @@ explain_slow_failover() {
 # --- the run --------------------------------------------------------------------------------
 
 test_start=$SECONDS
-all_running=1
-for n in "${RAFTKV_NODES[@]}"; do
-    [[ $(node_health "$n") =~ ^(healthy|starting|running)$ ]] || all_running=0
-done
 if ((all_running)); then
-    running=$(cluster_transport)
-    if [[ $running != "$transport" ]]; then
-        hint="run without --tls"
-        [[ $running == tls ]] && hint="run with --tls"
-        die "the running cluster is the $running one: $hint, or stop it first (scripts/cluster-down.sh)"
-    fi
     log "using the running $transport cluster (project $COMPOSE_PROJECT_NAME); it is left running afterwards"
 else
     log "starting a $transport cluster for this test"
