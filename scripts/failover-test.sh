@@ -25,7 +25,7 @@ certificates required, mutual TLS between the nodes): every raftkv call carries 
 certificates of certs/docker/ (RAFTKV_CACERT, RAFTKV_CERT, RAFTKV_KEY), and before the faults
 it checks that a plaintext client and a TLS client without a certificate are refused, that
 nothing they sent was written, that no node publishes its peer port, and (with curl) that the
-HTTP gateway does not answer on 127.0.0.1:8001.
+HTTP gateway on 127.0.0.1:8001 answers only HTTPS with a client certificate.
 
 Every wait is bounded. On exit (also on failure or Ctrl-C) the writer is stopped, paused or
 disconnected nodes are restored, and a cluster this script started is removed with its volumes.
@@ -346,7 +346,7 @@ log "cluster ready: leader node$first_leader, term $first_term"
 
 # Only clients with a certificate from the CA get in: a plaintext client and a TLS client
 # without a certificate are refused and write nothing; the peer port is not published; the HTTP
-# gateway (plaintext, no client certificates) does not answer.
+# gateway answers only HTTPS with a client certificate.
 tls_checks=""
 check_tls() {
     local key=tls-check/$run_id n code kind err
@@ -369,10 +369,18 @@ check_tls() {
         raftkv get "$key/$kind" --endpoints "$ALL_ENDPOINTS" --timeout 3s >/dev/null 2>&1 || code=$?
         ((code == 1)) || die "$key/$kind: exit $code from a get with the client certificate, expected 1 (not found)"
     done
-    if command -v curl >/dev/null 2>&1 && curl -sS -m 2 -o /dev/null http://127.0.0.1:8001/health 2>/dev/null; then
-        die "the HTTP gateway answers on 127.0.0.1:8001 in the TLS variant"
+    if command -v curl >/dev/null 2>&1; then
+        # The gateway speaks only HTTPS and wants a client certificate too.
+        if curl -sS -m 2 -o /dev/null http://127.0.0.1:8001/health 2>/dev/null; then
+            die "the HTTP gateway answers plain HTTP on 127.0.0.1:8001 in the TLS variant"
+        fi
+        if curl -sS -m 2 -o /dev/null --cacert "$RAFTKV_CACERT" https://127.0.0.1:8001/health 2>/dev/null; then
+            die "the HTTP gateway answers a client without a certificate in the TLS variant"
+        fi
+        curl -sS -m 5 -o /dev/null --cacert "$RAFTKV_CACERT" --cert "$RAFTKV_CERT" --key "$RAFTKV_KEY" \
+            https://127.0.0.1:8001/health || die "the HTTPS gateway refused the client certificate"
     fi
-    tls_checks="plaintext client and client without certificate refused, nothing written; peer port unpublished"
+    tls_checks="plaintext client and client without certificate refused, nothing written; peer port unpublished; gateway HTTPS with client certificates only"
 }
 if ((tls)); then
     log "TLS checks"
