@@ -1,7 +1,12 @@
 //! Text forms that the CLI and the HTTP gateway share: durations as people write them
-//! (`500ms`, `5m`) and values shown as text or JSON.
+//! (`500ms`, `5m`), values shown as text or JSON, and watch events as JSON (`raftkv watch
+//! --json` and the gateway's `/watch` print the same objects).
 
 use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::proto::v1 as pb;
 
 /// Parses `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -78,6 +83,34 @@ pub mod values {
     }
 }
 
+/// A watch event's type as printed: `PUT` or `DELETE`.
+pub fn event_kind(event: &pb::WatchEvent) -> &'static str {
+    match pb::watch_event::Kind::try_from(event.kind) {
+        Ok(pb::watch_event::Kind::Delete) => "DELETE",
+        _ => "PUT",
+    }
+}
+
+/// A watch event as JSON: `{"type": "PUT"|"DELETE", "key", "value", "encoding", "revision",
+/// "prev": {"value", "encoding", "revision"}}`; a DELETE has no value, and `prev` is there only
+/// when the event carries the value it replaced or removed. Values as [`values::insert_json`].
+pub fn event_json(event: &pb::WatchEvent) -> Value {
+    let mut object = Map::new();
+    object.insert("type".into(), json!(event_kind(event)));
+    object.insert("key".into(), json!(event.key));
+    if event_kind(event) == "PUT" {
+        values::insert_json(&mut object, &event.value);
+    }
+    object.insert("revision".into(), json!(event.revision));
+    if let Some(prev) = &event.prev {
+        let mut previous = Map::new();
+        values::insert_json(&mut previous, &prev.value);
+        previous.insert("revision".into(), json!(prev.revision));
+        object.insert("prev".into(), Value::Object(previous));
+    }
+    Value::Object(object)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +140,26 @@ mod tests {
             assert_eq!(values::base64(plain.as_bytes()), encoded);
         }
         assert_eq!(values::base64(&[0x00, 0xff, 0xfe]), "AP/+");
+    }
+
+    #[test]
+    fn watch_events_as_json() {
+        let delete = pb::WatchEvent {
+            kind: pb::watch_event::Kind::Delete as i32,
+            key: "k".into(),
+            revision: 9,
+            prev: Some(pb::KeyValue {
+                value: vec![0xff, 0x00],
+                revision: 4,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(event_kind(&delete), "DELETE");
+        assert_eq!(
+            event_json(&delete).to_string(),
+            r#"{"key":"k","prev":{"encoding":"base64","revision":4,"value":"/wA="},"revision":9,"type":"DELETE"}"#
+        );
     }
 
     #[test]

@@ -95,6 +95,12 @@ impl KvService {
         &self.durable
     }
 
+    /// Starts a watch of this node's applied changes (see [`super::watch::open`]): `KV.Watch`
+    /// and the HTTP gateway's `/watch` both come here, so they check and stream alike.
+    pub fn open_watch(&self, req: pb::WatchRequest) -> Result<super::watch::Opened, Status> {
+        super::watch::open(&self.watch, req, &self.limits, self.watch_progress)
+    }
+
     /// Wraps a shared service for tonic with message limits that admit any valid request.
     pub fn server(service: Arc<Self>) -> KvServer<Self> {
         let message_limit = service.limits.grpc_message_limit();
@@ -316,13 +322,8 @@ impl Kv for KvService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        super::watch::start(
-            &self.watch,
-            request.into_inner(),
-            &self.limits,
-            self.watch_progress,
-        )
-        .map(Response::new)
+        self.open_watch(request.into_inner())
+            .map(|opened| Response::new(opened.into_stream()))
     }
 
     async fn put(

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -130,49 +130,85 @@ impl Filter {
     }
 }
 
-/// Starts a watcher for `req`; its task ends when the client goes away, it falls behind, its
-/// history is gone, or the node stops.
+/// How a watch starts.
+#[derive(Debug)]
+pub enum Opened {
+    /// A watcher streams from the start revision.
+    Streaming(WatchStream),
+    /// The start revision is older than this node's history: this canceled response, naming the
+    /// oldest revision (`compact_revision`), is the whole answer, and no watcher was started.
+    Compacted(pb::WatchResponse),
+}
+
+impl Opened {
+    /// The answer as one stream, as gRPC sends it: a compacted start is a stream of its one
+    /// canceled response.
+    pub fn into_stream(self) -> WatchStream {
+        match self {
+            Opened::Streaming(stream) => stream,
+            Opened::Compacted(response) => {
+                let (out, stream) = mpsc::channel(1);
+                // Room for one response is certain in a new channel.
+                let _ = out.try_send(Ok(response));
+                ReceiverStream::new(stream)
+            }
+        }
+    }
+}
+
+/// Starts a watcher for `req`, as one stream (see [`open`]).
 pub fn start(
     hub: &Arc<WatchHub>,
     req: pb::WatchRequest,
     limits: &Limits,
     progress_every: Duration,
 ) -> Result<WatchStream, Status> {
+    open(hub, req, limits, progress_every).map(Opened::into_stream)
+}
+
+/// Checks `req` and starts a watcher for it, unless its start revision is older than the
+/// history; the watcher's task ends when the client goes away, it falls behind, its history is
+/// gone, or the node stops. Both front doors call this: gRPC through [`start`], the HTTP
+/// gateway's `/watch` directly, so that it can answer a compacted start with its own status.
+pub fn open(
+    hub: &Arc<WatchHub>,
+    req: pb::WatchRequest,
+    limits: &Limits,
+    progress_every: Duration,
+) -> Result<Opened, Status> {
     let filter = Filter {
         keys: Keys::of(&req, limits)?,
         prev_kv: req.prev_kv,
         no_put: req.no_put,
         no_delete: req.no_delete,
     };
-    let (out, stream) = mpsc::channel(STREAM_BUFFER);
-    match hub.subscribe(req.start_revision) {
+    let subscription = match hub.subscribe(req.start_revision) {
+        Ok(subscription) => subscription,
         Err(compacted) => {
-            // Room for one response is certain in a new channel.
-            let _ = out.try_send(Ok(canceled(
+            return Ok(Opened::Compacted(canceled(
                 compacted.oldest,
                 format!(
                     "revision {} is older than this node's watch history; re-read and watch \
                      again from revision {} (or later)",
                     req.start_revision, compacted.oldest
                 ),
-            )));
+            )))
         }
-        Ok(subscription) => {
-            let next = match req.start_revision {
-                0 => subscription.applied + 1,
-                start => start,
-            };
-            let watcher = Watcher {
-                hub: hub.clone(),
-                filter,
-                out,
-                next,
-                progress: req.progress_notify.then_some(progress_every),
-            };
-            tokio::spawn(watcher.run(subscription));
-        }
-    }
-    Ok(ReceiverStream::new(stream))
+    };
+    let next = match req.start_revision {
+        0 => subscription.applied + 1,
+        start => start,
+    };
+    let (out, stream) = mpsc::channel(STREAM_BUFFER);
+    let watcher = Watcher {
+        hub: hub.clone(),
+        filter,
+        out,
+        next,
+        progress: req.progress_notify.then_some(progress_every),
+    };
+    tokio::spawn(watcher.run(subscription));
+    Ok(Opened::Streaming(ReceiverStream::new(stream)))
 }
 
 fn canceled(compact_revision: u64, reason: String) -> pb::WatchResponse {
@@ -208,38 +244,30 @@ impl Watcher {
         let idle = self.progress.unwrap_or(Duration::from_secs(3600));
         loop {
             tokio::select! {
-                item = feed.recv() => match item {
-                    Ok(Feed::Applied(applied)) => {
-                        if !self.send_applied(&applied).await {
+                item = feed.recv() => {
+                    if !self.take(item).await {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(idle), if self.progress.is_some() => {
+                    // A progress revision must not run ahead of the changes sent, or a client
+                    // resuming after it would miss one: the hub publishes under the lock that
+                    // `applied` takes, so every change up to that revision is in the feed by
+                    // now; send those first.
+                    let applied = self.hub.applied();
+                    loop {
+                        let item = match feed.try_recv() {
+                            Ok(item) => Ok(item),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                        };
+                        if !self.take(item).await {
                             return;
                         }
                     }
-                    Ok(Feed::Reset { from }) if from > self.next => {
-                        let reason = format!(
-                            "this node installed a snapshot up to revision {}: the changes from \
-                             revision {} are not available here; re-read and watch again from \
-                             revision {from}",
-                            from - 1,
-                            self.next
-                        );
-                        let _ = self.out.send(Ok(canceled(from, reason))).await;
-                        return;
-                    }
-                    Ok(Feed::Reset { .. }) => {}
-                    Err(RecvError::Lagged(missed)) => {
-                        let status = Status::resource_exhausted(format!(
-                            "this watcher fell {missed} changes behind and was cancelled; \
-                             watch again with start_revision {}",
-                            self.next
-                        ));
-                        let _ = self.out.send(Err(status)).await;
-                        return;
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-                () = tokio::time::sleep(idle), if self.progress.is_some() => {
                     let progress = pb::WatchResponse {
-                        revision: self.hub.applied().max(self.next.saturating_sub(1)),
+                        revision: applied.max(self.next.saturating_sub(1)),
                         ..Default::default()
                     };
                     if self.out.send(Ok(progress)).await.is_err() {
@@ -257,6 +285,36 @@ impl Watcher {
                 }
                 () = self.out.closed() => return,
             }
+        }
+    }
+
+    /// Handles one item of the feed; returns false once the stream is over (the client has
+    /// gone, this watcher fell behind, or its history is gone).
+    async fn take(&mut self, item: Result<Feed, RecvError>) -> bool {
+        match item {
+            Ok(Feed::Applied(applied)) => self.send_applied(&applied).await,
+            Ok(Feed::Reset { from }) if from > self.next => {
+                let reason = format!(
+                    "this node installed a snapshot up to revision {}: the changes from \
+                     revision {} are not available here; re-read and watch again from \
+                     revision {from}",
+                    from - 1,
+                    self.next
+                );
+                let _ = self.out.send(Ok(canceled(from, reason))).await;
+                false
+            }
+            Ok(Feed::Reset { .. }) => true,
+            Err(RecvError::Lagged(missed)) => {
+                let status = Status::resource_exhausted(format!(
+                    "this watcher fell {missed} changes behind and was cancelled; \
+                     watch again with start_revision {}",
+                    self.next
+                ));
+                let _ = self.out.send(Err(status)).await;
+                false
+            }
+            Err(RecvError::Closed) => false,
         }
     }
 

@@ -62,7 +62,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
 }
 
 /// Query parameters; unknown ones are rejected so a typo (`?tll=30s`) is not silently ignored.
-struct Params<T>(T);
+pub(super) struct Params<T>(pub(super) T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Params<T> {
     type Rejection = Failure;

@@ -1,5 +1,6 @@
 //! HTTP gateway for curl users: `PUT/GET/DELETE /kv/{key}`, `GET /kv?prefix=&limit=`,
-//! `GET /metrics` (Prometheus text) and `GET /health`, on its own port.
+//! `GET /watch?prefix=` (changes as Server-Sent Events), `GET /metrics` (Prometheus text) and
+//! `GET /health`, on its own port.
 //!
 //! Handlers call the same [`KvService`] the gRPC server uses, in process, so validation,
 //! forwarding to the leader and error messages are identical on both front doors: an error's
@@ -10,18 +11,19 @@
 //! percent-decoded, so any UTF-8 key can be addressed.
 //!
 //! With the node's certificate (`--cert-file`/`--key-file`) the gateway speaks only HTTPS
-//! (`tls.rs`), and with `--auth-token-file` `/kv…` and `/metrics` need a bearer token
+//! (`tls.rs`), and with `--auth-token-file` `/kv…`, `/watch` and `/metrics` need a bearer token
 //! (`auth.rs`); `/health` stays open for load balancers.
 //!
 //! Layout: this module holds the [`Gateway`] state, the server and its route table, and
 //! [`Failure`], the one error answer every handler returns; the handlers live in `kv.rs`
-//! (`/kv`), `metrics.rs` (`/metrics`) and `health.rs` (`/health`).
+//! (`/kv`), `watch.rs` (`/watch`), `metrics.rs` (`/metrics`) and `health.rs` (`/health`).
 
 mod auth;
 mod health;
 mod kv;
 mod metrics;
 mod tls;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,7 +47,7 @@ use metrics::metrics;
 pub struct Gateway {
     pub kv: Arc<KvService>,
     pub raft: Raft,
-    /// The bearer tokens `/kv…` and `/metrics` require ([`Tokens::none`]: open).
+    /// The bearer tokens `/kv…`, `/watch` and `/metrics` require ([`Tokens::none`]: open).
     pub tokens: Tokens,
 }
 
@@ -87,6 +89,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/kv", kv::scan_route())
         .route("/kv/", kv::key_routes())
         .route("/kv/{*key}", kv::key_routes())
+        .route("/watch", watch::route())
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             gateway.tokens.clone(),
@@ -156,7 +159,8 @@ async fn not_found(request: Request) -> Failure {
     Failure::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no such endpoint: {} {}; try /kv/<key>, /kv?prefix=, /metrics or /health",
+            "no such endpoint: {} {}; try /kv/<key>, /kv?prefix=, /watch?prefix=, /metrics or \
+             /health",
             request.method(),
             request.uri().path()
         ),

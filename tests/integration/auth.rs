@@ -4,7 +4,7 @@
 //!
 //! Tokens: calls to KV and Cluster without a token or with a wrong one are refused with
 //! UNAUTHENTICATED (HTTP 401) and change nothing; the right token works over gRPC, the CLI and
-//! HTTP; health and reflection stay open; a SIGHUP reloads the file, and a reload that fails
+//! HTTP (`/watch` included); health and reflection stay open; a SIGHUP reloads the file, and a reload that fails
 //! keeps the old tokens. HTTPS: the gateway of a TLS node speaks only HTTPS with the node's
 //! certificate, and requires the client certificate under `--client-cert-auth`.
 //!
@@ -462,6 +462,9 @@ async fn bearer_tokens_guard_kv_cluster_and_the_gateway_but_not_health() {
                 .body("http-wrong"),
             http.get(format!("{base}/kv?prefix=")),
             http.get(format!("{base}/metrics")),
+            http.get(format!("{base}/watch?prefix=")),
+            http.get(format!("{base}/watch?key=k"))
+                .header("authorization", "Bearer wrong-token"),
         ];
         for request in refusals {
             let reply = request.send().await.expect("HTTP answer");
@@ -498,6 +501,25 @@ async fn bearer_tokens_guard_kv_cluster_and_the_gateway_but_not_health() {
             .await
             .expect("HTTP answer");
         assert_eq!(write.status(), StatusCode::OK, "{:?}", write.text().await);
+        let written: serde_json::Value =
+            serde_json::from_slice(&write.bytes().await.expect("body")).expect("JSON");
+        let revision = written["revision"].as_u64().expect("revision");
+        let mut watch = http
+            .get(format!("{base}/watch?key=http&rev={revision}"))
+            .header("authorization", "Bearer alpha-token-1")
+            .send()
+            .await
+            .expect("HTTP answer");
+        assert_eq!(
+            watch.status(),
+            StatusCode::OK,
+            "/watch with a token streams"
+        );
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("\"value\":\"by-http\"") {
+            let chunk = watch.chunk().await.expect("the stream").expect("not ended");
+            seen.extend_from_slice(&chunk);
+        }
         let metrics = http
             .get(format!("{base}/metrics"))
             .header("authorization", "Bearer beta-token-2")

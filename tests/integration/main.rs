@@ -14,6 +14,7 @@ mod cluster;
 mod crash_restart;
 mod hostile_peer;
 mod http;
+mod http_watch;
 #[cfg(feature = "failpoints")]
 mod idempotency;
 mod linearizability;

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::{json, Map, Value};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
@@ -18,7 +17,7 @@ use crate::cli::client::{CliError, Client};
 use crate::cli::exit;
 use crate::cli::ClientOpts;
 use crate::proto::v1::{watch_event::Kind, WatchEvent, WatchRequest, WatchResponse};
-use crate::text::values;
+use crate::text::{event_json, values};
 
 #[derive(Args, Debug)]
 #[command(after_long_help = "\
@@ -156,13 +155,6 @@ fn print(response: &WatchResponse, args: &WatchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn kind(event: &WatchEvent) -> &'static str {
-    match Kind::try_from(event.kind) {
-        Ok(Kind::Delete) => "DELETE",
-        _ => "PUT",
-    }
-}
-
 fn event_line(event: &WatchEvent, prev: bool) -> String {
     let mut line = match Kind::try_from(event.kind) {
         Ok(Kind::Delete) => format!("DELETE {} revision={}", event.key, event.revision),
@@ -180,23 +172,6 @@ fn event_line(event: &WatchEvent, prev: bool) -> String {
         }
     }
     line
-}
-
-fn event_json(event: &WatchEvent) -> Value {
-    let mut object = Map::new();
-    object.insert("type".into(), json!(kind(event)));
-    object.insert("key".into(), json!(event.key));
-    if kind(event) == "PUT" {
-        values::insert_json(&mut object, &event.value);
-    }
-    object.insert("revision".into(), json!(event.revision));
-    if let Some(prev) = &event.prev {
-        let mut previous = Map::new();
-        values::insert_json(&mut previous, &prev.value);
-        previous.insert("revision".into(), json!(prev.revision));
-        object.insert("prev".into(), Value::Object(previous));
-    }
-    Value::Object(object)
 }
 
 #[cfg(test)]
