@@ -596,11 +596,25 @@ async fn add_a_fourth_node_promote_it_remove_another_and_keep_serving() {
             .find(|id| *id != leader)
             .unwrap();
         let mut admin = ClusterClient::new(cluster.channel(via).await.unwrap());
-        let reply = admin
-            .remove_node(RemoveNodeRequest { id: removed })
-            .await
-            .unwrap()
-            .into_inner();
+        // The promotion is seen in Status while its joint configuration still commits; a
+        // removal meanwhile is refused (FAILED_PRECONDITION, "already undergoing a
+        // configuration change"), as a client would be, and retried.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let reply = loop {
+            match admin.remove_node(RemoveNodeRequest { id: removed }).await {
+                Ok(reply) => break reply.into_inner(),
+                Err(status)
+                    if status.code() == Code::FailedPrecondition
+                        && status
+                            .message()
+                            .contains("undergoing a configuration change")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(status) => panic!("remove node {removed}: {status:?}"),
+            }
+        };
         assert!(reply.voters.iter().all(|m| m.id != removed));
         assert_eq!(reply.voters.len(), 3);
         cluster.kill(removed);
