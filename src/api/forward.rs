@@ -59,7 +59,13 @@ impl ForwardService {
             Ok(KvMethod::PublishAddresses) => {
                 run(forwarded_by, call, |r| cluster.publish_addresses(r)).await
             }
-            Ok(KvMethod::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
+            Ok(KvMethod::Unspecified)
+            | Ok(KvMethod::LeaseGrant)
+            | Ok(KvMethod::LeaseRevoke)
+            | Ok(KvMethod::LeaseKeepAlive)
+            | Ok(KvMethod::LeaseTimeToLive)
+            | Ok(KvMethod::LeaseList)
+            | Err(_) => Err(Status::invalid_argument(format!(
                 "forwarded call names unknown method {}",
                 call.method
             ))),

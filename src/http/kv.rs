@@ -170,6 +170,7 @@ async fn put_key(
     value: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PutReply>, Failure> {
     let request = pb::PutRequest {
+        lease: 0,
         key,
         value: body(value)?.to_vec(),
         ttl_ms: ttl_ms(params.ttl.as_deref())?,

@@ -182,6 +182,7 @@ mod tests {
     #[test]
     fn the_same_request_has_the_same_tag_and_another_has_another() {
         let put = |value: &str| crate::proto::v1::PutRequest {
+            lease: 0,
             key: "k".into(),
             value: value.as_bytes().to_vec(),
             ttl_ms: 0,

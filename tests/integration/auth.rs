@@ -175,6 +175,7 @@ async fn kv(address: &str) -> KvClient<Channel> {
 
 async fn put(address: &str, key: &str, value: &str, auth: Option<&str>) -> Result<u64, Status> {
     let request = PutRequest {
+        lease: 0,
         key: key.into(),
         value: value.into(),
         ttl_ms: 0,

@@ -62,6 +62,7 @@ async fn writer(
         let value = format!("value of {key}").into_bytes();
         let mut client = nodes[(id + seq) % nodes.len()].clone();
         let request = PutRequest {
+            lease: 0,
             key: key.clone(),
             value: value.clone(),
             ttl_ms: 0,

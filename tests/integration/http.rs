@@ -317,6 +317,7 @@ async fn errors_carry_the_grpc_message(
     assert_eq!(empty.text(), "key cannot be empty");
     let status = grpc
         .put(PutRequest {
+            lease: 0,
             key: String::new(),
             value: b"x".to_vec(),
             ttl_ms: 0,
@@ -404,6 +405,7 @@ async fn value_size_limit(cluster: &HttpCluster, grpc: &mut KvClient<tonic::tran
     );
     let status = grpc
         .put(PutRequest {
+            lease: 0,
             key: "too-big".into(),
             value: over,
             ttl_ms: 0,

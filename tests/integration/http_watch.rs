@@ -191,6 +191,7 @@ fn assert_changes(messages: &[Message], expected: &[(u64, Value)]) {
 
 fn put(key: &str, value: &[u8]) -> PutRequest {
     PutRequest {
+        lease: 0,
         key: key.into(),
         value: value.to_vec(),
         ttl_ms: 0,

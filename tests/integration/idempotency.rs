@@ -47,6 +47,7 @@ fn keyed<T>(message: T, idempotency: Option<&[u8]>) -> Request<T> {
 
 fn put_request(key: &str, value: &[u8]) -> PutRequest {
     PutRequest {
+        lease: 0,
         key: key.to_string(),
         value: value.to_vec(),
         ttl_ms: 0,
@@ -111,6 +112,7 @@ async fn cas(
 /// A compare-and-swap of `key` to `value` if its revision is `revision`.
 fn cas_request(key: &str, revision: u64, value: &[u8]) -> CompareAndSwapRequest {
     CompareAndSwapRequest {
+        lease: 0,
         key: key.to_string(),
         expected: Some(Expected::ExpectedRevision(revision)),
         value: value.to_vec(),

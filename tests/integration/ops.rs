@@ -23,6 +23,7 @@ const STALE: Consistency = Consistency::Stale;
 fn put_op(key: &str, value: &str) -> BatchOp {
     BatchOp {
         op: Some(batch_op::Op::Put(PutRequest {
+            lease: 0,
             key: key.into(),
             value: value.into(),
             ttl_ms: 0,
@@ -274,6 +275,7 @@ async fn scan_paging_returns_every_key_exactly_once_while_keys_are_written() {
             existing.insert(format!("user:{i:04}"));
         }
         kv.put(PutRequest {
+            lease: 0,
             key: "users".into(),
             value: b"outside the prefix".to_vec(),
             ttl_ms: 0,
@@ -352,6 +354,7 @@ async fn ttl_keys_expire_on_every_node_and_in_a_snapshot_restored_on_a_new_node(
             TestCluster::start(3, &["--snapshot-every", "10", "--logs-kept", "0"]).await;
         let mut kv = cluster.kv(1).await.unwrap();
         kv.put(PutRequest {
+            lease: 0,
             key: "session".into(),
             value: b"short".to_vec(),
             ttl_ms: 1500,
@@ -359,6 +362,7 @@ async fn ttl_keys_expire_on_every_node_and_in_a_snapshot_restored_on_a_new_node(
         .await
         .unwrap();
         kv.put(PutRequest {
+            lease: 0,
             key: "forever".into(),
             value: b"kept".to_vec(),
             ttl_ms: 0,

@@ -60,6 +60,7 @@ async fn a_key_reported_expired_is_not_brought_back_by_a_leader_whose_clock_is_b
         );
 
         let put = PutRequest {
+            lease: 0,
             key: KEY.to_string(),
             value: b"alive".to_vec(),
             ttl_ms: TTL_MS,

@@ -102,6 +102,7 @@ async fn collect(stream: &mut Streaming<WatchResponse>, count: usize) -> Vec<(u6
 
 fn put(key: &str, value: &str) -> PutRequest {
     PutRequest {
+        lease: 0,
         key: key.into(),
         value: value.into(),
         ttl_ms: 0,

@@ -71,6 +71,7 @@ fn cas_request(args: &CasArgs) -> Result<CompareAndSwapRequest, CliError> {
         }
     };
     Ok(CompareAndSwapRequest {
+        lease: 0,
         key: args.key.clone(),
         expected: Some(expected),
         value: args.value.clone().unwrap_or_default().into_bytes(),

@@ -171,6 +171,7 @@ async fn put_one(
     let response = client
         .call(|channel, remaining| {
             let message = PutRequest {
+                lease: 0,
                 key: key.clone(),
                 value: value.clone(),
                 ttl_ms,
@@ -196,6 +197,7 @@ async fn put_many(
         .into_iter()
         .map(|(key, value)| BatchOp {
             op: Some(Op::Put(PutRequest {
+                lease: 0,
                 key,
                 value: value.into_bytes(),
                 ttl_ms,

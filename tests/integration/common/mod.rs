@@ -113,6 +113,7 @@ pub async fn put_at(address: &str, key: &str, value: &[u8]) -> Result<u64, Statu
 /// One Put through `channel`.
 pub async fn put_on(channel: Channel, key: &str, value: &[u8]) -> Result<u64, Status> {
     let request = PutRequest {
+        lease: 0,
         key: key.to_string(),
         value: value.to_vec(),
         ttl_ms: 0,

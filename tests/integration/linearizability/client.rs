@@ -275,6 +275,7 @@ async fn send(
     match call {
         Call::Put(value) => {
             let request = PutRequest {
+                lease: 0,
                 key,
                 value: encode(*value),
                 ttl_ms: 0,
@@ -304,6 +305,7 @@ async fn send(
         },
         Call::Cas { expected, new } => {
             let request = CompareAndSwapRequest {
+                lease: 0,
                 key,
                 expected: Some(match expected {
                     Some(v) => Expected::ExpectedValue(encode(*v)),

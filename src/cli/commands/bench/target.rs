@@ -162,6 +162,7 @@ impl Connection {
             Connection::Raftkv(kv) => kv
                 .put(keyed(
                     PutRequest {
+                        lease: 0,
                         key: key.to_string(),
                         value: value.to_vec(),
                         ttl_ms: 0,
@@ -207,6 +208,7 @@ impl Connection {
                     .iter()
                     .map(|key| BatchOp {
                         op: Some(batch_op::Op::Put(PutRequest {
+                            lease: 0,
                             key: key.clone(),
                             value: value.to_vec(),
                             ttl_ms: 0,

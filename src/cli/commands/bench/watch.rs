@@ -84,6 +84,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     for _ in 0..writes {
         let started = Instant::now();
         let request = PutRequest {
+            lease: 0,
             key: KEY.into(),
             value: value.clone(),
             ttl_ms: 0,
