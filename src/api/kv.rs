@@ -289,6 +289,7 @@ impl KvService {
             idempotency_hits: table.hits,
             idempotency_conflicts: table.conflicts,
             idempotency_evictions: table.evictions,
+            leases: self.reader.lease_count(),
             ..Default::default()
         };
         self.counters.fill(&mut response);

@@ -124,6 +124,10 @@ impl KvMap {
         self.leases.get(id)
     }
 
+    pub fn lease_count(&self) -> u64 {
+        self.leases.len() as u64
+    }
+
     /// Every lease, in id order.
     pub fn leases(&self) -> Vec<LeaseSummary> {
         self.leases.list()

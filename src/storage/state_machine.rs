@@ -123,6 +123,10 @@ impl KvReader {
         Some((lease.ttl_ms, names))
     }
 
+    pub fn lease_count(&self) -> u64 {
+        read(&self.state).map.lease_count()
+    }
+
     /// Every lease, in id order.
     pub fn leases(&self) -> Vec<LeaseSummary> {
         read(&self.state).map.leases()

@@ -170,6 +170,15 @@ async fn revoking_a_lease_deletes_its_keys_in_one_revision_on_every_node() {
             .leases;
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].id, listed[0].keys), (lease, 3));
+        let metrics = cluster
+            .kv(leader)
+            .await
+            .expect("kv")
+            .metrics(raftkv::proto::v1::MetricsRequest {})
+            .await
+            .expect("metrics")
+            .into_inner();
+        assert_eq!(metrics.leases, 1, "{metrics:?}");
 
         // A watcher on the third node sees the revoke as one response: three deletes, one
         // revision.

@@ -48,6 +48,10 @@ impl LeaseTable {
         self.leases.is_empty() && self.last_id == 0
     }
 
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
     pub fn contains(&self, id: u64) -> bool {
         self.leases.contains_key(&id)
     }
