@@ -505,3 +505,71 @@ async fn leases_survive_snapshots_and_a_restart_of_every_node() {
     })
     .await
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves none.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_with_sigkill_loses_its_keys_after_the_ttl() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    bounded(async {
+        let cluster = TestCluster::start(3, &[]).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+        const TTL: Duration = Duration::from_millis(2000);
+        let (lease, _) = grant(&cluster, leader, TTL.as_millis() as u64).await;
+        put_leased(&cluster, leader, "worker/1", lease).await;
+
+        let mut holder = Holder(
+            Command::new(crate::common::RAFTKV)
+                .args(["lease", "keepalive", &lease.to_string(), "--endpoints"])
+                .arg(cluster.endpoints().join(","))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("raftkv lease keepalive"),
+        );
+        let stdout = holder.0.stdout.take().expect("stdout");
+        let (lines, mut renewals) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = tokio::time::timeout(Duration::from_secs(20), renewals.recv())
+            .await
+            .expect("a renewal within 20 s")
+            .expect("keepalive output");
+        assert!(first.contains(&format!("lease {lease}")), "{first}");
+
+        // Alive well past its TTL while the holder renews.
+        tokio::time::sleep(TTL * 3).await;
+        assert!(on_node(&cluster, leader, "worker/1").await);
+        while renewals.try_recv().is_ok() {}
+
+        holder.0.kill().expect("SIGKILL the holder");
+        let killed = Instant::now();
+        let gone = gone_from(&cluster, leader, "worker/1", TTL * 5).await;
+        let lasted = gone - killed;
+        // Its last renewal was at most a third of the TTL before the kill.
+        assert!(
+            lasted >= TTL / 2,
+            "gone {lasted:?} after the kill: before its TTL ran"
+        );
+        assert!(
+            lasted <= TTL + EXPIRY_SLACK,
+            "still there {lasted:?} after the kill"
+        );
+    })
+    .await
+}
