@@ -20,8 +20,9 @@ use super::token::SendToken;
 use super::{exit, ClientOpts};
 use crate::transport::{self, ConnectError};
 
-/// A failed client command: the exit code and a one-line message.
-#[derive(Debug)]
+/// A failed client command: the exit code and a one-line message (empty for an exit that has
+/// already said why, such as `raftkv lock` passing on its COMMAND's exit code).
+#[derive(Debug, Clone)]
 pub struct CliError {
     pub code: u8,
     pub message: String,
@@ -33,6 +34,11 @@ impl CliError {
             code,
             message: message.into(),
         }
+    }
+
+    /// Exit with `code` and print nothing more: the command has reported the outcome itself.
+    pub fn quiet(code: u8) -> Self {
+        Self::new(code, String::new())
     }
 
     /// Maps a server's answer to the exit codes of [`exit`]. FAILED_PRECONDITION (a membership
