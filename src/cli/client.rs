@@ -63,6 +63,18 @@ impl CliError {
                 ),
             );
         }
+        if status.message().is_empty() {
+            // Some answers carry no message (UNIMPLEMENTED from a node that predates a
+            // service, for one): name the code, so the error line is never blank.
+            return Self::new(
+                code,
+                format!(
+                    "the server answered {:?}: {}",
+                    status.code(),
+                    status.code().description()
+                ),
+            );
+        }
         Self::new(code, status.message().to_string())
     }
 }

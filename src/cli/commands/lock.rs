@@ -33,24 +33,30 @@ const COMMAND_NOT_FOUND: u8 = 127;
 const COMMAND_NOT_RUN: u8 = 126;
 
 #[derive(Args, Debug)]
-#[command(after_long_help = "\
+#[command(
+    override_usage = "raftkv lock [OPTIONS] NAME [--] COMMAND [ARGS]...",
+    after_long_help = "\
 Waits until this client holds the lock NAME, runs COMMAND, and releases the lock when COMMAND
 exits. Clients that ask for one NAME get it one at a time, in the order they asked. Prints
 `acquired lock NAME (lease ID)` on stderr once held; stdout and stderr are otherwise COMMAND's.
+Waiting has no time limit; --timeout bounds each call to the cluster on the way (the grant, the
+key's write, each scan, the release).
 
 How it works: the lock is a lease (--ttl) kept alive by this client, and a key NAME/<lease id>
 written with it; the waiter whose key is oldest holds the lock. When the holder is done its
 lease is revoked and its key goes with it; when a holder dies, its lease expires after --ttl and
 the next waiter gets the lock then.
 
-COMMAND runs in a process group of its own, with these in its environment:
+COMMAND runs in a process group of its own (so it cannot read from the terminal; Ctrl-C reaches
+it through this client), with these in its environment:
   RAFTKV_LOCK_KEY       the lock's key (NAME/<lease id>)
   RAFTKV_LOCK_LEASE     the lease id: attach keys to it (`raftkv put --lease`) to have them
                         deleted when the lock is lost or released
   RAFTKV_LOCK_REVISION  the key's revision: larger for every later holder, a fencing token
 
 Safety: if this client is killed (even with kill -9), the kernel kills COMMAND with it (Linux,
-PR_SET_PDEATHSIG); processes COMMAND started itself are not covered. If renewals of the lease
+PR_SET_PDEATHSIG; processes COMMAND started itself are not covered), and the next waiter gets the
+lock once the lease has expired, within --ttl of the last renewal. If renewals of the lease
 fail for 2/3 of --ttl (the cluster is unreachable, this machine was stopped), the lease may be
 gone, so the whole process group of COMMAND is killed with SIGKILL and the lock is reported lost.
 
@@ -59,7 +65,8 @@ Exit codes:
   3                  the lock was lost while held or while waiting, or the cluster unreachable
   130, 143, 129      SIGINT, SIGTERM, SIGHUP: COMMAND is killed, then the lock released
   126, 127           COMMAND could not be started (127: not found)
-  2                  bad usage (e.g. --ttl under 1s)")]
+  2                  bad usage (e.g. --ttl under 1s)"
+)]
 pub struct LockArgs {
     /// The lock's name; its keys are NAME/<lease id>.
     pub name: String,
@@ -153,87 +160,102 @@ pub async fn lock(args: LockArgs) -> Result<(), CliError> {
     if args.name.is_empty() {
         return Err(super::usage("the lock NAME cannot be empty"));
     }
-    let name = args.name.clone();
     let client = Arc::new(Client::new(&args.client)?);
-    let prefix = format!("{name}/");
-    let campaign = tokio::select! {
+    let prefix = format!("{}/", args.name);
+    let mut campaign = tokio::select! {
         campaign = Campaign::start(&client, &prefix, holder_id().into_bytes(), args.ttl) => campaign?,
         code = interrupts.recv() => return Err(CliError::quiet(code)),
     };
-    let lost = |reason: String| {
-        CliError::new(exit::UNAVAILABLE, format!("lost the lock {name}: {reason}"))
-    };
-    let mut campaign = campaign;
     let mut follower = Follower::start(client.clone(), prefix);
     let mut line = Line::new(campaign.key.clone(), campaign.revision);
+    let waited = wait_in_line(
+        &args,
+        &mut campaign,
+        &mut follower,
+        &mut line,
+        &mut interrupts,
+    );
+    let outcome = match waited.await {
+        Waited::Acquired => {
+            hold(
+                &args,
+                &mut campaign,
+                &mut follower,
+                &mut line,
+                &mut interrupts,
+            )
+            .await
+        }
+        Waited::Failed(error) => Held::NotStarted(error),
+    };
+    drop(follower);
+    // COMMAND is not running any more (see `Held`): only now may the next waiter go ahead.
+    campaign.resign().await;
+    match outcome {
+        Held::Exited(0) => Ok(()),
+        Held::Exited(code) | Held::Interrupted(code) => Err(CliError::quiet(code)),
+        Held::Lost(reason) => Err(lost(&args.name, reason)),
+        Held::NotStarted(error) => Err(error),
+    }
+}
+
+fn lost(name: &str, reason: String) -> CliError {
+    CliError::new(exit::UNAVAILABLE, format!("lost the lock {name}: {reason}"))
+}
+
+/// How waiting in line ended.
+enum Waited {
+    Acquired,
+    Failed(CliError),
+}
+
+/// Waits until no key is ahead of ours, the lease is lost, or a signal comes; then checks that
+/// the lease is still certainly alive.
+async fn wait_in_line(
+    args: &LockArgs,
+    campaign: &mut Campaign,
+    follower: &mut Follower,
+    line: &mut Line,
+    interrupts: &mut Interrupts,
+) -> Waited {
+    let failed =
+        |reason: String| Waited::Failed(lost(&args.name, format!("while waiting, {reason}")));
     let mut told_waiting = false;
     while !line.acquired() {
         tokio::select! {
             update = follower.next() => {
-                let applied = match update? {
-                    Update::Snapshot(snapshot) => line.reset(&snapshot),
-                    Update::Events(events) => line.apply(&events),
+                let applied = match update {
+                    Ok(Update::Snapshot(snapshot)) => line.reset(&snapshot),
+                    Ok(Update::Events(events)) => line.apply(&events),
+                    Err(error) => return Waited::Failed(error),
                 };
                 if let Err(reason) = applied {
-                    campaign.resign().await;
-                    return Err(lost(format!("while waiting, {reason}")));
+                    return failed(reason);
                 }
                 if let (Some(ahead @ 1..), false) = (line.ahead(), told_waiting) {
-                    eprintln!("waiting for lock {name} ({ahead} ahead)");
+                    eprintln!("waiting for lock {} ({ahead} ahead)", args.name);
                     told_waiting = true;
                 }
             }
             state = campaign.keepalive.changed() => {
                 if let Some(ended) = state.ended {
-                    return Err(lost(format!("while waiting, {}", ended.message)));
+                    return failed(ended.message);
                 }
             }
-            code = interrupts.recv() => {
-                campaign.resign().await;
-                return Err(CliError::quiet(code));
-            }
+            code = interrupts.recv() => return Waited::Failed(CliError::quiet(code)),
         }
     }
     // A renewal may be overdue (the cluster was unreachable while we waited): then the lease
     // may be gone and the next waiter may already hold the lock.
     let state = campaign.keepalive.now();
     if !state.is_safe(Instant::now()) {
-        let reason = overdue(&state, campaign.lease(), args.ttl);
-        campaign.resign().await;
-        return Err(lost(reason));
+        return Waited::Failed(lost(
+            &args.name,
+            overdue(&state, campaign.lease(), args.ttl),
+        ));
     }
-    eprintln!("acquired lock {name} (lease {})", campaign.lease());
-    let outcome = hold(
-        &args,
-        &mut campaign,
-        &mut follower,
-        &mut line,
-        &mut interrupts,
-    )
-    .await;
-    drop(follower);
-    match outcome {
-        Held::Exited(code) => {
-            campaign.resign().await;
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(CliError::quiet(code))
-            }
-        }
-        Held::Interrupted(code) => {
-            campaign.resign().await;
-            Err(CliError::quiet(code))
-        }
-        Held::Lost(reason) => {
-            campaign.resign().await;
-            Err(lost(reason))
-        }
-        Held::NotStarted(error) => {
-            campaign.resign().await;
-            Err(error)
-        }
-    }
+    eprintln!("acquired lock {} (lease {})", args.name, campaign.lease());
+    Waited::Acquired
 }
 
 /// Why a lease whose renewal is overdue may be gone, or why keeping it alive ended.
