@@ -12,6 +12,8 @@
 //! - [`api`]: the gRPC services; they check input and convert between protobuf and [`types`].
 //! - [`replica`]: how a request meets Raft: group commit of writes, read-index waits for
 //!   linearizable reads, forwarding from followers to the leader, and Raft's errors as statuses.
+//! - [`lease`]: the leader's countdown of every lease, which decides when a lease expires.
+//! - [`watch`]: the applied changes watchers read, with their recent history.
 //! - [`raft`]: openraft's type configuration and settings, the codec, and both ends of the
 //!   replication RPCs between nodes.
 //! - [`storage`]: the sled log store, the state machine (an in-memory map) and its snapshots.
@@ -26,6 +28,7 @@ pub mod api;
 pub mod cli;
 pub mod failpoints;
 pub mod http;
+pub mod lease;
 pub mod memory;
 pub mod op;
 pub mod proto;

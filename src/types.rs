@@ -39,6 +39,20 @@ pub enum Command {
     /// A client write carrying an idempotency key: applied once per key within a window, and
     /// answered from the replicated table for every retry (see [`IdempotentCommand`]).
     Idempotent(IdempotentCommand),
+    /// Creates a lease with this TTL (milliseconds); its id is one above every id granted before.
+    LeaseGrant {
+        ttl_ms: u64,
+    },
+    /// Ends a lease and deletes every key attached to it, all in this one entry: a client's
+    /// revoke, or the leader's decision that the lease expired (see `crate::lease`).
+    LeaseRevoke {
+        id: u64,
+    },
+    /// A put whose key is attached to `lease`; applied only if the lease exists.
+    LeasedPut {
+        op: PutOp,
+        lease: u64,
+    },
 }
 
 /// A write (`Put`, `Delete`, `Batch` or `CompareAndSwap`) tagged with the client's idempotency
@@ -76,7 +90,7 @@ impl Command {
             Command::Batch(ops) => ops
                 .iter()
                 .map(|op| match op {
-                    BatchOp::Put(op) => put(op),
+                    BatchOp::Put(op) | BatchOp::LeasedPut { op, .. } => put(op) + 8,
                     BatchOp::Delete { key } => key.len(),
                 })
                 .sum(),
@@ -90,7 +104,9 @@ impl Command {
                     Expected::Revision(_) => 8,
                 };
                 let action = match action {
-                    CasAction::Put { value, .. } => value.len(),
+                    CasAction::Put { value, .. } | CasAction::LeasedPut { value, .. } => {
+                        value.len() + 8
+                    }
                     CasAction::Delete => 0,
                 };
                 key.len() + expected + action
@@ -99,6 +115,8 @@ impl Command {
             Command::Multi(commands) => commands.iter().map(Command::approx_bytes).sum(),
             // The key, then fingerprint, expiry and capacity.
             Command::Idempotent(idem) => idem.key.len() + 24 + idem.command.approx_bytes(),
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 8,
+            Command::LeasedPut { op, .. } => put(op) + 8,
         }
     }
 }
@@ -116,7 +134,14 @@ pub struct PutOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BatchOp {
     Put(PutOp),
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
+    /// A put whose key is attached to `lease` (the whole batch applies only if it exists).
+    LeasedPut {
+        op: PutOp,
+        lease: u64,
+    },
 }
 
 /// The condition of a compare-and-swap.
@@ -137,6 +162,13 @@ pub enum CasAction {
         expires_at_ms: Option<u64>,
     },
     Delete,
+    /// A put whose key is attached to `lease`; the lease must exist, whatever the condition.
+    LeasedPut {
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        lease: u64,
+    },
 }
 
 /// A value as the state machine holds it.
@@ -203,6 +235,22 @@ pub enum CommandResult {
     IdempotencyConflict {
         revision: u64,
     },
+    LeaseGranted {
+        revision: u64,
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// A lease ended, and `deleted` keys (live or expired but not yet removed) with it.
+    LeaseRevoked {
+        revision: u64,
+        deleted: u64,
+    },
+    /// The lease a command named (a revoke, or a put attaching a key to it) does not exist:
+    /// nothing was applied.
+    LeaseNotFound {
+        revision: u64,
+        id: u64,
+    },
 }
 
 impl CommandResult {
@@ -213,7 +261,10 @@ impl CommandResult {
             | CommandResult::Batch { revision, .. }
             | CommandResult::CompareAndSwap { revision, .. }
             | CommandResult::Expire { revision, .. }
-            | CommandResult::IdempotencyConflict { revision } => *revision,
+            | CommandResult::IdempotencyConflict { revision }
+            | CommandResult::LeaseGranted { revision, .. }
+            | CommandResult::LeaseRevoked { revision, .. }
+            | CommandResult::LeaseNotFound { revision, .. } => *revision,
             // The entry's index, which every fresh result of a group carries; a group of replays
             // alone reports the newest of their original revisions.
             CommandResult::Multi(results) => results.iter().map(Self::revision).max().unwrap_or(0),

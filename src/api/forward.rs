@@ -14,23 +14,30 @@ use tonic::{Request, Response, Status};
 
 use super::cluster::ClusterService;
 use super::kv::KvService;
+use super::lease::LeaseService;
 use crate::proto::raft_v1::forward_server::{Forward, ForwardServer};
 use crate::proto::raft_v1::{
     ForwardedCall, ForwardedCalls, ForwardedReplies, ForwardedReply, KvMethod,
 };
 use crate::proto::v1::cluster_server::Cluster;
 use crate::proto::v1::kv_server::Kv;
+use crate::proto::v1::lease_server::Lease;
 use crate::replica::forward::{FORWARDED_BY, FORWARD_MESSAGE_LIMIT};
 use crate::replica::idempotency;
 
 pub struct ForwardService {
     kv: Arc<KvService>,
     cluster: Arc<ClusterService>,
+    lease: Arc<LeaseService>,
 }
 
 impl ForwardService {
-    pub fn server(kv: Arc<KvService>, cluster: Arc<ClusterService>) -> ForwardServer<Self> {
-        ForwardServer::new(Self { kv, cluster })
+    pub fn server(
+        kv: Arc<KvService>,
+        cluster: Arc<ClusterService>,
+        lease: Arc<LeaseService>,
+    ) -> ForwardServer<Self> {
+        ForwardServer::new(Self { kv, cluster, lease })
             .max_decoding_message_size(FORWARD_MESSAGE_LIMIT)
             .max_encoding_message_size(FORWARD_MESSAGE_LIMIT)
     }
@@ -42,6 +49,7 @@ impl ForwardService {
     async fn answer(&self, forwarded_by: Option<&str>, call: ForwardedCall) -> ForwardedReply {
         let kv = &*self.kv;
         let cluster = &*self.cluster;
+        let lease = &*self.lease;
         let call = &call;
         let outcome = match KvMethod::try_from(call.method) {
             Ok(KvMethod::Put) => run(forwarded_by, call, |r| kv.put(r)).await,
@@ -59,13 +67,14 @@ impl ForwardService {
             Ok(KvMethod::PublishAddresses) => {
                 run(forwarded_by, call, |r| cluster.publish_addresses(r)).await
             }
-            Ok(KvMethod::Unspecified)
-            | Ok(KvMethod::LeaseGrant)
-            | Ok(KvMethod::LeaseRevoke)
-            | Ok(KvMethod::LeaseKeepAlive)
-            | Ok(KvMethod::LeaseTimeToLive)
-            | Ok(KvMethod::LeaseList)
-            | Err(_) => Err(Status::invalid_argument(format!(
+            Ok(KvMethod::LeaseGrant) => run(forwarded_by, call, |r| lease.grant(r)).await,
+            Ok(KvMethod::LeaseRevoke) => run(forwarded_by, call, |r| lease.revoke(r)).await,
+            Ok(KvMethod::LeaseKeepAlive) => run(forwarded_by, call, |r| lease.renew(r)).await,
+            Ok(KvMethod::LeaseTimeToLive) => {
+                run(forwarded_by, call, |r| lease.time_to_live(r)).await
+            }
+            Ok(KvMethod::LeaseList) => run(forwarded_by, call, |r| lease.leases(r)).await,
+            Ok(KvMethod::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
                 "forwarded call names unknown method {}",
                 call.method
             ))),

@@ -110,7 +110,7 @@ impl KvService {
     }
 
     /// The leader this node knows of, unless it is this node itself.
-    fn remote_leader(&self) -> Option<Redirect> {
+    pub(crate) fn remote_leader(&self) -> Option<Redirect> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
@@ -136,7 +136,7 @@ impl KvService {
     }
 
     /// Waits until this node may serve a linearizable read from its map.
-    async fn linearize(&self) -> Result<(), Redirect> {
+    pub(crate) async fn linearize(&self) -> Result<(), Redirect> {
         match tokio::time::timeout(self.timeout, self.read_index.wait()).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Redirect::Fail(timed_out(
@@ -147,7 +147,7 @@ impl KvService {
     }
 
     /// Sends a request this node cannot serve to the leader, unless it was itself forwarded.
-    async fn redirect<Req, Resp, Fut>(
+    pub(crate) async fn redirect<Req, Resp, Fut>(
         &self,
         redirect: Redirect,
         forwarded: bool,
@@ -183,7 +183,7 @@ impl KvService {
     ///
     /// A write with an idempotency `tag` is proposed wrapped with it (see
     /// `replica::idempotency`): a retry is answered with the first attempt's result.
-    async fn write<Req, Resp, Fut>(
+    pub(crate) async fn write<Req, Resp, Fut>(
         &self,
         forwarded: bool,
         tag: Option<Tag>,
@@ -204,7 +204,10 @@ impl KvService {
         let command = self.idempotency.wrap(tag, stamp, command(req, stamp));
         let result = self.propose(command).await.map_err(moved)?;
         crate::failpoints::crash_point("write-answer-before");
-        response(idempotency::answer(result)?).map(Response::new)
+        match idempotency::answer(result)? {
+            CommandResult::LeaseNotFound { id, .. } => Err(lease_not_found(id)),
+            result => response(result).map(Response::new),
+        }
     }
 
     /// The read path shared by every reading call: stale reads are local; linearizable reads
@@ -241,7 +244,7 @@ impl KvService {
     }
 
     /// Counts a client's request; a forwarded copy was counted where the client sent it.
-    fn count(&self, forwarded: bool, op: Op) {
+    pub(crate) fn count(&self, forwarded: bool, op: Op) {
         if !forwarded {
             self.counters.count(op);
         }
@@ -286,11 +289,17 @@ impl KvService {
             idempotency_hits: table.hits,
             idempotency_conflicts: table.conflicts,
             idempotency_evictions: table.evictions,
+            leases: self.reader.lease_count(),
             ..Default::default()
         };
         self.counters.fill(&mut response);
         Ok(response)
     }
+}
+
+/// The answer to a command that named a lease that does not exist.
+pub fn lease_not_found(id: u64) -> Status {
+    Status::not_found(format!("lease {id} not found (expired or revoked)"))
 }
 
 /// Absolute expiry for a TTL given at `stamp_ms`; `None` for no TTL.
@@ -341,7 +350,13 @@ impl Kv for KvService {
             forwarded,
             tag,
             req,
-            |req, stamp| Command::Put(self.put_op(req, stamp)),
+            |req, stamp| match req.lease {
+                0 => Command::Put(self.put_op(req, stamp)),
+                lease => Command::LeasedPut {
+                    op: self.put_op(req, stamp),
+                    lease,
+                },
+            },
             |result| {
                 Ok(pb::PutResponse {
                     revision: result.revision(),
@@ -495,7 +510,13 @@ impl Kv for KvService {
                     .into_iter()
                     .filter_map(|op| op.op)
                     .map(|op| match op {
-                        pb::batch_op::Op::Put(put) => BatchOp::Put(self.put_op(put, stamp)),
+                        pb::batch_op::Op::Put(put) => match put.lease {
+                            0 => BatchOp::Put(self.put_op(put, stamp)),
+                            lease => BatchOp::LeasedPut {
+                                op: self.put_op(put, stamp),
+                                lease,
+                            },
+                        },
                         pb::batch_op::Op::Delete(delete) => BatchOp::Delete { key: delete.key },
                     })
                     .collect();
@@ -527,9 +548,9 @@ impl Kv for KvService {
                 "expected_revision or expected_value is required",
             ));
         }
-        if req.delete && (!req.value.is_empty() || req.ttl_ms > 0) {
+        if req.delete && (!req.value.is_empty() || req.ttl_ms > 0 || req.lease > 0) {
             return Err(Status::invalid_argument(
-                "delete cannot be combined with value or ttl_ms",
+                "delete cannot be combined with value, ttl_ms or lease",
             ));
         }
         self.count(forwarded, Op::Cas);
@@ -548,13 +569,17 @@ impl Kv for KvService {
                     }
                     None => Expected::Revision(0),
                 },
-                action: if req.delete {
-                    CasAction::Delete
-                } else {
-                    CasAction::Put {
+                action: match (req.delete, req.lease) {
+                    (true, _) => CasAction::Delete,
+                    (false, 0) => CasAction::Put {
                         value: req.value,
                         expires_at_ms: expiry(stamp, req.ttl_ms),
-                    }
+                    },
+                    (false, lease) => CasAction::LeasedPut {
+                        value: req.value,
+                        expires_at_ms: expiry(stamp, req.ttl_ms),
+                        lease,
+                    },
                 },
             },
             |result| match result {

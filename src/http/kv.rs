@@ -114,6 +114,8 @@ fn ttl_ms(param: Option<&str>) -> Result<u64, Failure> {
 #[serde(deny_unknown_fields)]
 struct PutParams {
     ttl: Option<String>,
+    /// Attach the key to this lease (see `raftkv lease grant`).
+    lease: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -161,7 +163,7 @@ fn write_failure(status: tonic::Status) -> Failure {
     }
 }
 
-/// `PUT /kv/{key}[?ttl=30s]`: the raw body is the value.
+/// `PUT /kv/{key}[?ttl=30s][&lease=ID]`: the raw body is the value.
 async fn put_key(
     State(gateway): State<Gateway>,
     Key(key): Key,
@@ -170,7 +172,7 @@ async fn put_key(
     value: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PutReply>, Failure> {
     let request = pb::PutRequest {
-        lease: 0,
+        lease: params.lease.unwrap_or(0),
         key,
         value: body(value)?.to_vec(),
         ttl_ms: ttl_ms(params.ttl.as_deref())?,

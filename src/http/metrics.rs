@@ -82,6 +82,7 @@ fn prometheus_text(m: &pb::MetricsResponse) -> String {
     for op in Op::ALL {
         out.sample("operations_total", &[("op", op.name())], op.count_in(m));
     }
+    out.gauge("leases", "Leases in this node's state machine.", m.leases);
     out.gauge(
         "idempotency_keys",
         "Idempotency keys held by this node's state machine.",

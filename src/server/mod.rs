@@ -8,6 +8,7 @@
 pub mod config;
 pub mod expiry;
 pub mod health;
+pub mod lease_expiry;
 pub mod membership;
 pub mod routers;
 pub mod runtime;
@@ -26,7 +27,8 @@ use tokio::task::JoinSet;
 use self::config::{Addresses, ServeArgs};
 use self::shutdown::StopSignal;
 use crate::api::kv::KvSettings;
-use crate::api::{ClusterService, ForwardService, KvService, Limits};
+use crate::api::{ClusterService, ForwardService, KvService, LeaseService, Limits};
+use crate::lease::LeaseClocks;
 use crate::op::OpCounters;
 use crate::raft::network::NetworkFactory;
 use crate::raft::service::RaftService;
@@ -42,10 +44,13 @@ pub struct Node {
     raft: Raft,
     /// Ended first when the node stops: open watch streams would hold the servers open.
     watch: Arc<WatchHub>,
+    /// Ended first too, for its open KeepAlive streams.
+    lease: Option<Arc<LeaseService>>,
     stop: StopSignal,
     /// The gRPC server and the HTTP gateway: they end when the stop signal is given.
     front_doors: JoinSet<anyhow::Result<()>>,
-    /// Health, TTL expiry, `--join`: they run until the node stops, and are ended then.
+    /// Health, TTL and lease expiry, `--join`: they run until the node stops, and are ended
+    /// then.
     background: JoinSet<()>,
 }
 
@@ -173,13 +178,22 @@ impl Node {
         let mut node = Node {
             raft: raft.clone(),
             watch,
+            lease: None,
             stop: StopSignal::new(),
             front_doors: JoinSet::new(),
             background: JoinSet::new(),
         };
         node.background
             .spawn(health::track_health(raft.clone(), health));
-        node.background.spawn(expiry::run(raft.clone(), reader));
+        node.background
+            .spawn(expiry::run(raft.clone(), reader.clone()));
+        // At least the longest election timeout: see `crate::lease`.
+        let lease_grace = Duration::from_millis(args.election_timeout_ms * 2);
+        let clocks = Arc::new(LeaseClocks::new(raft.clone(), reader.clone(), lease_grace));
+        node.background
+            .spawn(lease_expiry::run(raft.clone(), clocks.clone()));
+        let lease = Arc::new(LeaseService::new(kv.clone(), clocks, reader));
+        node.lease = Some(lease.clone());
         node.background.spawn(sighup);
         let membership_timeout = (timeout * 6).max(Duration::from_secs(60));
         let cluster = Arc::new(ClusterService::new(
@@ -238,13 +252,14 @@ impl Node {
             tls.client,
             &tokens,
             KvService::server(kv.clone()),
+            LeaseService::server(lease.clone()),
             ClusterService::server(cluster.clone()),
             health_service,
         )?;
         let peer_router = routers::peer(
             tls.peer,
             RaftService::server(raft, snapshot_mark),
-            ForwardService::server(kv, cluster),
+            ForwardService::server(kv, cluster, lease),
         )?;
         let stopped = node.stop.stopped();
         node.front_doors.spawn(async move {
@@ -283,6 +298,9 @@ impl Node {
     /// tasks. Returns the first front door's failure, if any.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.watch.stop();
+        if let Some(lease) = &self.lease {
+            lease.stop();
+        }
         self.stop.give();
         let mut first_failure = Ok(());
         while let Some(ended) = self.front_doors.join_next().await {

@@ -1,4 +1,4 @@
-//! What each of a node's two gRPC ports serves. The client port: KV and Cluster (behind the
+//! What each of a node's two gRPC ports serves. The client port: KV, Lease and Cluster (behind the
 //! bearer-token check when `--auth-token-file` is set), health and reflection. The peer port:
 //! Raft replication and forwarding, and nothing a client calls; each side answers UNIMPLEMENTED
 //! for the other's services.
@@ -9,23 +9,30 @@ use tonic::transport::ServerTlsConfig;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::api::auth::{self, Tokens};
-use crate::api::{ClusterService, ForwardService, KvService};
+use crate::api::{ClusterService, ForwardService, KvService, LeaseService};
 use crate::proto::raft_v1::forward_server::ForwardServer;
 use crate::proto::raft_v1::raft_server::RaftServer;
 use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::kv_server::KvServer;
+use crate::proto::v1::lease_server::LeaseServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::raft::service::RaftService;
 use crate::transport;
 
 /// The services reflection lists: the client port's own, not the peer services that share the
 /// descriptor set.
-const LISTED: [&str; 3] = ["raftkv.v1.KV", "raftkv.v1.Cluster", "grpc.health.v1.Health"];
+const LISTED: [&str; 4] = [
+    "raftkv.v1.KV",
+    "raftkv.v1.Lease",
+    "raftkv.v1.Cluster",
+    "grpc.health.v1.Health",
+];
 
 pub fn client(
     tls: Option<ServerTlsConfig>,
     tokens: &Tokens,
     kv: KvServer<KvService>,
+    lease: LeaseServer<LeaseService>,
     cluster: ClusterServer<ClusterService>,
     health: HealthServer<impl Health>,
 ) -> anyhow::Result<Router> {
@@ -40,6 +47,7 @@ pub fn client(
     Ok(transport::server(tls)
         .map_err(|e| anyhow!(e))?
         .add_service(auth::require(tokens.clone(), kv))
+        .add_service(auth::require(tokens.clone(), lease))
         .add_service(auth::require(tokens.clone(), cluster))
         .add_service(health)
         .add_service(reflection().build_v1()?)

@@ -11,11 +11,15 @@
 //! Beside the entries lives the idempotency table (see `idempotency.rs`), which answers retried
 //! writes with their first result; it is replicated, and imaged, with the map.
 //!
+//! Beside them lives the lease table (see `leases.rs`): which leases exist and which keys each
+//! holds, so that ending a lease deletes its keys in the entry that ends it.
+//!
 //! Every change is also recorded as a watch [`Event`] until the state machine takes them after
 //! the entry (`take_events`): a put of any key, and the removal of a key that was there (live, or
 //! expired but not yet removed, so that a watcher that saw it put also sees it go).
 
 mod idempotency;
+mod leases;
 mod record;
 
 use std::collections::BTreeSet;
@@ -28,6 +32,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use self::idempotency::IdempotencyStats;
 use self::idempotency::{IdempotencyTable, Seen, TableIn};
+pub use self::leases::{Lease, LeaseSummary};
+use self::leases::{LeaseTable, LeasesImage};
 use self::record::Record;
 use crate::raft::codec;
 use crate::types::{
@@ -37,8 +43,12 @@ use crate::types::{
 use crate::watch::{Event, EventKind};
 
 /// First byte of the image's tail, which follows the entries when there is an idempotency table
-/// to store: the tail's layout version. An image without a tail ends right after the entries.
-const TAIL_VERSION: u8 = 1;
+/// or a lease table to store: the tail's layout version. An image without a tail ends right
+/// after the entries. Layout 1 is the idempotency table alone; layout 2 is the idempotency
+/// table then the lease table. Layout 1 is still written when there is no lease table, so that
+/// such an image stays readable by versions that know only layout 1.
+const TAIL_IDEMPOTENCY: u8 = 1;
+const TAIL_IDEMPOTENCY_AND_LEASES: u8 = 2;
 
 #[derive(Debug, Clone, Default)]
 pub struct KvMap {
@@ -53,6 +63,8 @@ pub struct KvMap {
     clock_ms: u64,
     /// Results of writes that carried an idempotency key, by key.
     idempotency: IdempotencyTable,
+    /// Leases and the keys attached to them.
+    leases: LeaseTable,
     /// Changes made since the last `take_events`.
     events: Vec<Event>,
 }
@@ -92,12 +104,12 @@ impl KvMap {
         self.idempotency.keep_counters_of(&earlier.idempotency);
     }
 
-    /// The key's value if it is live at `now_ms`.
     /// The changes made since the last call, in the order they were made.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }
 
+    /// The key's value if it is live at `now_ms`.
     pub fn get(&self, key: &str, now_ms: u64) -> Option<StoredValue> {
         self.live(key, now_ms).map(Record::to_stored)
     }
@@ -106,6 +118,19 @@ impl KvMap {
         self.entries
             .get(key.as_bytes())
             .filter(|r| r.is_live(now_ms))
+    }
+
+    pub fn lease(&self, id: u64) -> Option<&Lease> {
+        self.leases.get(id)
+    }
+
+    pub fn lease_count(&self) -> u64 {
+        self.leases.len() as u64
+    }
+
+    /// Every lease, in id order.
+    pub fn leases(&self) -> Vec<LeaseSummary> {
+        self.leases.list()
     }
 
     /// The earliest expiry among the stored keys, if any has a TTL.
@@ -172,6 +197,7 @@ impl KvMap {
     }
 
     fn remove(&mut self, key: &[u8]) -> bool {
+        self.leases.detach(key);
         let old = self.entries.take(key);
         if let Some(old) = &old {
             self.events.push(Event {
@@ -195,13 +221,21 @@ impl KvMap {
         old.is_live(self.clock_ms)
     }
 
-    fn put(&mut self, op: PutOp, revision: u64) -> bool {
+    /// Writes a key, attached to `lease` (which the caller checked exists) or to none.
+    fn put(&mut self, op: PutOp, revision: u64, lease: Option<u64>) -> bool {
+        self.leases.attach(op.key.as_bytes(), lease);
         self.insert(Record::new(
             op.key.as_bytes(),
             &op.value,
             revision,
             op.expires_at_ms,
         ))
+    }
+
+    /// Ends a lease and removes its keys; `None` when it does not exist.
+    fn revoke(&mut self, id: u64) -> Option<u64> {
+        let lease = self.leases.end(id)?;
+        Some(lease.keys.iter().filter(|key| self.remove(key)).count() as u64)
     }
 
     /// Applies one entry's proposal at log index `revision`. Idempotency keys whose window
@@ -223,17 +257,48 @@ impl KvMap {
             ),
             Command::Put(op) => CommandResult::Write {
                 revision,
-                existed: self.put(op, revision),
+                existed: self.put(op, revision, None),
+            },
+            Command::LeasedPut { op, lease } => {
+                if !self.leases.contains(lease) {
+                    return CommandResult::LeaseNotFound {
+                        revision,
+                        id: lease,
+                    };
+                }
+                CommandResult::Write {
+                    revision,
+                    existed: self.put(op, revision, Some(lease)),
+                }
+            }
+            Command::LeaseGrant { ttl_ms } => CommandResult::LeaseGranted {
+                revision,
+                id: self.leases.grant(ttl_ms),
+                ttl_ms,
+            },
+            Command::LeaseRevoke { id } => match self.revoke(id) {
+                Some(deleted) => CommandResult::LeaseRevoked { revision, deleted },
+                None => CommandResult::LeaseNotFound { revision, id },
             },
             Command::Delete { key } => CommandResult::Write {
                 revision,
                 existed: self.remove(key.as_bytes()),
             },
             Command::Batch(ops) => {
+                let missing = ops.iter().find_map(|op| match op {
+                    BatchOp::LeasedPut { lease, .. } if !self.leases.contains(*lease) => {
+                        Some(*lease)
+                    }
+                    _ => None,
+                });
+                if let Some(id) = missing {
+                    return CommandResult::LeaseNotFound { revision, id };
+                }
                 let existed = ops
                     .into_iter()
                     .map(|op| match op {
-                        BatchOp::Put(op) => self.put(op, revision),
+                        BatchOp::Put(op) => self.put(op, revision, None),
+                        BatchOp::LeasedPut { op, lease } => self.put(op, revision, Some(lease)),
                         BatchOp::Delete { key } => self.remove(key.as_bytes()),
                     })
                     .collect();
@@ -289,6 +354,14 @@ impl KvMap {
         expected: Expected,
         action: CasAction,
     ) -> CommandResult {
+        if let CasAction::LeasedPut { lease, .. } = action {
+            if !self.leases.contains(lease) {
+                return CommandResult::LeaseNotFound {
+                    revision,
+                    id: lease,
+                };
+            }
+        }
         let current = self.live(&key, self.clock_ms);
         let holds = match (&expected, current) {
             (Expected::Revision(0), None) => true,
@@ -313,7 +386,19 @@ impl KvMap {
                         value,
                         expires_at_ms,
                     };
-                    self.put(op, revision);
+                    self.put(op, revision, None);
+                }
+                CasAction::LeasedPut {
+                    value,
+                    expires_at_ms,
+                    lease,
+                } => {
+                    let op = PutOp {
+                        key,
+                        value,
+                        expires_at_ms,
+                    };
+                    self.put(op, revision, Some(lease));
                 }
                 CasAction::Delete => {
                     self.remove(key.as_bytes());
@@ -342,11 +427,12 @@ impl KvMap {
 
     /// The snapshot image: bincode of `clock_ms` then the entries as a map from `String` to
     /// [`StoredValue`], byte for byte what earlier versions wrote from a
-    /// `BTreeMap<String, StoredValue>`; then, only while the idempotency table is not empty, a
-    /// tail: [`TAIL_VERSION`] (one byte) and the table's slots, oldest first. A map without
-    /// idempotency keys thus has the image earlier versions wrote, and their images (which end
-    /// after the entries) decode with an empty table. An image with a tail is refused by earlier
-    /// versions (they reject bytes after the entries) rather than misread.
+    /// `BTreeMap<String, StoredValue>`; then, only while the idempotency table or the lease table
+    /// is not empty, a tail: its layout (one byte), the idempotency table's slots, oldest first,
+    /// and with layout 2 the lease table. A map without idempotency keys or leases thus has the
+    /// image earlier versions wrote, and their images (which end after the entries, or after a
+    /// layout 1 tail) decode with empty tables. An image with a tail a version does not know is
+    /// refused by it (bytes after what it reads are an error) rather than misread.
     ///
     /// The buffer is sized exactly before encoding, so the image is one allocation with no
     /// growth copies (for a large map, one `mmap` that goes back to the OS when dropped).
@@ -359,8 +445,12 @@ impl KvMap {
         // Should the length be absurd, the reservation fails harmlessly and the buffer grows.
         let _ = out.try_reserve_exact(usize::try_from(self.image_len()).unwrap_or(0));
         codec::encode_into(&mut out, &image)?;
-        if !self.idempotency.is_empty() {
-            out.push(TAIL_VERSION);
+        if !self.leases.is_empty() {
+            out.push(TAIL_IDEMPOTENCY_AND_LEASES);
+            codec::encode_into(&mut out, &self.idempotency.image())?;
+            codec::encode_into(&mut out, &self.leases.image())?;
+        } else if !self.idempotency.is_empty() {
+            out.push(TAIL_IDEMPOTENCY);
             codec::encode_into(&mut out, &self.idempotency.image())?;
         }
         Ok(out)
@@ -373,10 +463,12 @@ impl KvMap {
     /// then the tail, if any (the table keeps its encoded size).
     fn image_len(&self) -> u64 {
         const PER_ENTRY: u64 = 8 + 8 + 8 + 1;
-        let tail = if self.idempotency.is_empty() {
-            0
-        } else {
+        let tail = if !self.leases.is_empty() {
+            1 + self.idempotency.image_len() + self.leases.image_len()
+        } else if !self.idempotency.is_empty() {
             1 + self.idempotency.image_len()
+        } else {
+            0
         };
         8 + 8
             + self.len() as u64 * PER_ENTRY
@@ -390,14 +482,22 @@ impl KvMap {
     /// error.
     pub fn decode(bytes: &[u8]) -> Result<Self, bincode::Error> {
         let (image, tail) = codec::decode_prefix(bytes)?;
-        let table = match tail.split_first() {
-            None => None,
-            Some((&version, table)) => {
-                check_tail_version(version)?;
-                Some(codec::decode(table)?)
+        let tail = match tail.split_first() {
+            None => Tail::default(),
+            Some((&TAIL_IDEMPOTENCY, table)) => Tail {
+                idempotency: Some(codec::decode(table)?),
+                leases: None,
+            },
+            Some((&TAIL_IDEMPOTENCY_AND_LEASES, tables)) => {
+                let (idempotency, leases) = codec::decode_prefix(tables)?;
+                Tail {
+                    idempotency: Some(idempotency),
+                    leases: Some(codec::decode(leases)?),
+                }
             }
+            Some((&version, _)) => return Err(unknown_tail(version)),
         };
-        Ok(Self::from_image(image, table))
+        Ok(Self::from_image(image, tail))
     }
 
     /// Decodes an image streamed from `reader`, without holding the encoded bytes in memory.
@@ -406,23 +506,31 @@ impl KvMap {
     /// read up to its end, and checking that nothing follows it is the caller's job.
     pub fn decode_from(mut reader: impl Read) -> Result<Self, bincode::Error> {
         let image = codec::decode_from(&mut reader)?;
-        let table = match next_byte(&mut reader)? {
-            None => None,
-            Some(version) => {
-                check_tail_version(version)?;
-                Some(codec::decode_from(&mut reader)?)
-            }
+        let tail = match next_byte(&mut reader)? {
+            None => Tail::default(),
+            Some(TAIL_IDEMPOTENCY) => Tail {
+                idempotency: Some(codec::decode_from(&mut reader)?),
+                leases: None,
+            },
+            Some(TAIL_IDEMPOTENCY_AND_LEASES) => Tail {
+                idempotency: Some(codec::decode_from(&mut reader)?),
+                leases: Some(codec::decode_from(&mut reader)?),
+            },
+            Some(version) => return Err(unknown_tail(version)),
         };
-        Ok(Self::from_image(image, table))
+        Ok(Self::from_image(image, tail))
     }
 
-    fn from_image(image: ImageIn, table: Option<TableIn>) -> Self {
+    fn from_image(image: ImageIn, tail: Tail) -> Self {
         // Collecting sorts (stably) and drops all but the last of equal keys, as inserting one by
         // one would; built from sorted input, the tree's leaves are full rather than half full.
         let entries: BTreeSet<Record> = image.entries.0.into_iter().collect();
         let mut map = KvMap {
             clock_ms: image.clock_ms,
-            idempotency: table.map(IdempotencyTable::from_image).unwrap_or_default(),
+            idempotency: tail
+                .idempotency
+                .map(IdempotencyTable::from_image)
+                .unwrap_or_default(),
             ..Default::default()
         };
         for record in &entries {
@@ -432,18 +540,26 @@ impl KvMap {
                 map.expiry.insert((at, Box::from(record.key())));
             }
         }
+        if let Some(leases) = tail.leases {
+            map.leases = LeaseTable::from_image(leases, |key| entries.contains(key));
+        }
         map.entries = entries;
         map
     }
 }
 
-fn check_tail_version(version: u8) -> Result<(), bincode::Error> {
-    if version == TAIL_VERSION {
-        return Ok(());
-    }
-    Err(Box::new(bincode::ErrorKind::Custom(format!(
-        "the image's tail has layout {version}; this version reads layout {TAIL_VERSION}"
-    ))))
+/// What an image's tail holds (each part absent in images without it).
+#[derive(Default)]
+struct Tail {
+    idempotency: Option<TableIn>,
+    leases: Option<LeasesImage>,
+}
+
+fn unknown_tail(version: u8) -> bincode::Error {
+    Box::new(bincode::ErrorKind::Custom(format!(
+        "the image's tail has layout {version}; this version reads layouts \
+         {TAIL_IDEMPOTENCY} and {TAIL_IDEMPOTENCY_AND_LEASES}"
+    )))
 }
 
 /// The next byte of `reader`, or `None` at the end of its input.
@@ -1168,9 +1284,9 @@ mod tests {
     fn a_damaged_tail_is_an_error() {
         let image = map_with_table().encode().unwrap();
         let base = codec::encode(&old_image(&map_with_table())).unwrap().len();
-        assert_eq!(image[base], TAIL_VERSION);
+        assert_eq!(image[base], TAIL_IDEMPOTENCY);
         let mut newer = image.clone();
-        newer[base] = TAIL_VERSION + 1;
+        newer[base] = TAIL_IDEMPOTENCY_AND_LEASES + 1;
         assert!(KvMap::decode(&newer).is_err());
         assert!(KvMap::decode_from(newer.as_slice()).is_err());
         let mut trailing = image.clone();
@@ -1179,5 +1295,173 @@ mod tests {
         let truncated = &image[..image.len() - 3];
         assert!(KvMap::decode(truncated).is_err());
         assert!(KvMap::decode_from(truncated).is_err());
+    }
+
+    fn leased(key: &str, value: &str, lease: u64) -> Command {
+        Command::LeasedPut {
+            op: PutOp {
+                key: key.into(),
+                value: value.into(),
+                expires_at_ms: None,
+            },
+            lease,
+        }
+    }
+
+    fn granted(result: CommandResult) -> u64 {
+        match result {
+            CommandResult::LeaseGranted { id, .. } => id,
+            other => panic!("not a grant: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ending_a_lease_deletes_its_keys_in_its_own_entry_and_nothing_else() {
+        let mut map = KvMap::default();
+        let a = granted(map.apply(1, at(0, Command::LeaseGrant { ttl_ms: 5000 })));
+        let b = granted(map.apply(2, at(0, Command::LeaseGrant { ttl_ms: 5000 })));
+        assert_ne!(a, b);
+        map.apply(3, at(0, leased("x", "1", a)));
+        let batch = Command::Batch(vec![
+            BatchOp::LeasedPut {
+                op: PutOp {
+                    key: "y".into(),
+                    value: b"2".to_vec(),
+                    expires_at_ms: None,
+                },
+                lease: a,
+            },
+            BatchOp::Put(PutOp {
+                key: "plain".into(),
+                value: b"3".to_vec(),
+                expires_at_ms: None,
+            }),
+        ]);
+        map.apply(4, at(0, batch));
+        // Moved to lease b, then detached by a plain put: neither goes with lease a.
+        map.apply(5, at(0, leased("moved", "m", a)));
+        map.apply(6, at(0, leased("moved", "m", b)));
+        map.apply(7, at(0, leased("detached", "d", a)));
+        map.apply(8, at(0, put("detached", "d2", None)));
+        map.take_events();
+        assert_eq!(
+            map.apply(9, at(0, Command::LeaseRevoke { id: a })),
+            CommandResult::LeaseRevoked {
+                revision: 9,
+                deleted: 2
+            }
+        );
+        let events = map.take_events();
+        let deleted: Vec<_> = events.iter().map(|e| (e.kind, e.key.as_str())).collect();
+        assert_eq!(
+            deleted,
+            [(EventKind::Delete, "x"), (EventKind::Delete, "y")]
+        );
+        for key in ["plain", "moved", "detached"] {
+            assert!(map.get(key, 0).is_some(), "{key} must stay");
+        }
+        assert!(map.lease(a).is_none());
+        assert_eq!(
+            map.apply(10, at(0, Command::LeaseRevoke { id: a })),
+            CommandResult::LeaseNotFound {
+                revision: 10,
+                id: a
+            }
+        );
+        assert_eq!(map.lease(b).map(|l| l.keys.len()), Some(1));
+    }
+
+    #[test]
+    fn a_write_naming_a_missing_lease_changes_nothing() {
+        let mut map = KvMap::default();
+        let before = map.encode().unwrap();
+        assert_eq!(
+            map.apply(1, at(0, leased("k", "v", 42))),
+            CommandResult::LeaseNotFound {
+                revision: 1,
+                id: 42
+            }
+        );
+        let batch = Command::Batch(vec![
+            BatchOp::Put(PutOp {
+                key: "a".into(),
+                value: b"1".to_vec(),
+                expires_at_ms: None,
+            }),
+            BatchOp::LeasedPut {
+                op: PutOp {
+                    key: "b".into(),
+                    value: b"2".to_vec(),
+                    expires_at_ms: None,
+                },
+                lease: 42,
+            },
+        ]);
+        assert_eq!(
+            map.apply(2, at(0, batch)),
+            CommandResult::LeaseNotFound {
+                revision: 2,
+                id: 42
+            }
+        );
+        let cas = Command::CompareAndSwap {
+            key: "k".into(),
+            expected: Expected::Revision(0),
+            action: CasAction::LeasedPut {
+                value: b"v".to_vec(),
+                expires_at_ms: None,
+                lease: 42,
+            },
+        };
+        assert_eq!(
+            map.apply(3, at(0, cas)),
+            CommandResult::LeaseNotFound {
+                revision: 3,
+                id: 42
+            }
+        );
+        assert!(map.take_events().is_empty());
+        assert_eq!(map.encode().unwrap(), before);
+    }
+
+    #[test]
+    fn leases_and_their_keys_survive_the_image_and_ids_are_not_reused() {
+        let mut map = KvMap::default();
+        let a = granted(map.apply(1, at(0, Command::LeaseGrant { ttl_ms: 3000 })));
+        let gone = granted(map.apply(2, at(0, Command::LeaseGrant { ttl_ms: 3000 })));
+        map.apply(3, at(0, leased("k1", "v", a)));
+        map.apply(4, at(0, leased("k2", "v", a)));
+        map.apply(5, at(0, Command::LeaseRevoke { id: gone }));
+        let image = map.encode().unwrap();
+        assert_eq!(image.len() as u64, map.image_len());
+        for mut restored in [
+            KvMap::decode(&image).unwrap(),
+            KvMap::decode_from(image.as_slice()).unwrap(),
+        ] {
+            assert_eq!(restored.leases(), map.leases());
+            let next = granted(restored.apply(6, at(0, Command::LeaseGrant { ttl_ms: 3000 })));
+            assert!(next > gone, "id {next} reused");
+            restored.apply(7, at(0, Command::LeaseRevoke { id: a }));
+            assert!(restored.get("k1", 0).is_none() && restored.get("k2", 0).is_none());
+        }
+    }
+
+    #[test]
+    fn an_image_with_idempotency_keys_and_no_leases_keeps_the_old_tail() {
+        let map = map_with_table();
+        let image = map.encode().unwrap();
+        let base = codec::encode(&old_image(&map)).unwrap().len();
+        assert_eq!(image[base], TAIL_IDEMPOTENCY);
+        let mut with_lease = map.clone();
+        with_lease.apply(100, at(0, Command::LeaseGrant { ttl_ms: 1000 }));
+        let image = with_lease.encode().unwrap();
+        assert_eq!(image[base], TAIL_IDEMPOTENCY_AND_LEASES);
+        assert_eq!(image.len() as u64, with_lease.image_len());
+        let restored = KvMap::decode(&image).unwrap();
+        assert_eq!(
+            restored.idempotency_stats().keys,
+            map.idempotency_stats().keys
+        );
+        assert_eq!(restored.leases().len(), 1);
     }
 }

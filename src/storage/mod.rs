@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::raft::codec;
 
 pub use disk_sync::DiskSync;
-pub use kv_map::{IdempotencyStats, ScanPage};
+pub use kv_map::{IdempotencyStats, LeaseSummary, ScanPage};
 pub use log_store::LogStore;
 pub use state_machine::{KvReader, StateMachineStore};
 

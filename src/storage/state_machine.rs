@@ -26,7 +26,7 @@ use openraft::{
 
 use self::snapshot_store::SnapshotStore;
 pub use self::snapshot_store::{StoredSnapshot, CHUNK_BYTES};
-use super::kv_map::{IdempotencyStats, KvMap, ScanPage};
+use super::kv_map::{IdempotencyStats, KvMap, LeaseSummary, ScanPage};
 use super::log_store::DurableIndex;
 use super::snapshot_mark::SnapshotMark;
 use crate::memory::release_free_memory;
@@ -104,6 +104,32 @@ impl KvReader {
     /// The idempotency table's size and this node's replay, conflict and eviction counts.
     pub fn idempotency_stats(&self) -> IdempotencyStats {
         read(&self.state).map.idempotency_stats()
+    }
+
+    /// A lease's granted TTL and, with `keys`, its keys in key order; `None` when it does not
+    /// exist.
+    pub fn lease(&self, id: u64, keys: bool) -> Option<(u64, Vec<String>)> {
+        let state = read(&self.state);
+        let lease = state.map.lease(id)?;
+        let names = if keys {
+            lease
+                .keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some((lease.ttl_ms, names))
+    }
+
+    pub fn lease_count(&self) -> u64 {
+        read(&self.state).map.lease_count()
+    }
+
+    /// Every lease, in id order.
+    pub fn leases(&self) -> Vec<LeaseSummary> {
+        read(&self.state).map.leases()
     }
 
     /// Whether some key has expired by `now_ms` and should be removed by an `Expire` entry.

@@ -316,7 +316,12 @@ async fn reflection_v1_and_v1alpha_and_health_are_served() {
             panic!("unexpected v1alpha reply: {reply:?}");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        for expected in ["raftkv.v1.KV", "raftkv.v1.Cluster", "grpc.health.v1.Health"] {
+        for expected in [
+            "raftkv.v1.KV",
+            "raftkv.v1.Lease",
+            "raftkv.v1.Cluster",
+            "grpc.health.v1.Health",
+        ] {
             assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
         }
         // The peer services are not served here, so they are not listed either.

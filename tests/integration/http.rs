@@ -350,6 +350,15 @@ async fn errors_carry_the_grpc_message(
         .await
         .expect(StatusCode::BAD_REQUEST, "misspelt parameter");
     assert!(bad.text().contains("tll"), "{}", bad.text());
+    let no_lease = cluster
+        .put(2, "/kv/k?lease=77", b"v")
+        .await
+        .expect(StatusCode::NOT_FOUND, "unknown lease");
+    assert_eq!(no_lease.text(), "lease 77 not found (expired or revoked)");
+    cluster
+        .put(1, "/kv/k?lease=soon", b"v")
+        .await
+        .expect(StatusCode::BAD_REQUEST, "lease not a number");
     cluster
         .get(1, "/kv/k")
         .await

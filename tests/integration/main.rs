@@ -17,6 +17,7 @@ mod http;
 mod http_watch;
 #[cfg(feature = "failpoints")]
 mod idempotency;
+mod lease;
 mod linearizability;
 mod ops;
 #[cfg(feature = "failpoints")]

@@ -20,7 +20,7 @@ Asks the first endpoint that answers and names it. Operation counters count clie
 node received since it started. Follower progress is known only on the leader.
 
 With --json: one JSON object with every field of the Metrics response (node_id, keys,
-value_bytes, idempotency_keys, idempotency_hits, idempotency_conflicts,
+value_bytes, leases, idempotency_keys, idempotency_hits, idempotency_conflicts,
 idempotency_evictions, get_ops, put_ops, delete_ops, batch_ops, cas_ops, scan_ops, batch_get_ops, term,
 leader_id, commit_index, applied_index, is_leader, followers: [{id, matched_index}]) plus
 \"endpoint\", the address that answered.")]
@@ -84,6 +84,7 @@ pub fn format_metrics(endpoint: &str, m: &MetricsResponse) -> String {
         ("followers", followers),
         ("keys", m.keys.to_string()),
         ("value bytes", m.value_bytes.to_string()),
+        ("leases", m.leases.to_string()),
         ("idempotency keys", m.idempotency_keys.to_string()),
         ("idempotency hits", m.idempotency_hits.to_string()),
         ("idempotency conflicts", m.idempotency_conflicts.to_string()),
@@ -108,6 +109,7 @@ fn metrics_json(endpoint: &str, m: &MetricsResponse) -> Value {
         "node_id": m.node_id,
         "keys": m.keys,
         "value_bytes": m.value_bytes,
+        "leases": m.leases,
         "idempotency_keys": m.idempotency_keys,
         "idempotency_hits": m.idempotency_hits,
         "idempotency_conflicts": m.idempotency_conflicts,
