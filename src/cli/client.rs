@@ -41,6 +41,16 @@ impl CliError {
         Self::new(code, String::new())
     }
 
+    /// Prints the error now, as `main` would at the exit (`error: …` on stderr), and returns
+    /// its quiet form: for a command that still has cleaning up to do before it exits, during
+    /// which the reason must already be visible.
+    pub fn report_now(self) -> Self {
+        if !self.message.is_empty() {
+            eprintln!("error: {}", self.message);
+        }
+        Self::quiet(self.code)
+    }
+
     /// Maps a server's answer to the exit codes of [`exit`]. FAILED_PRECONDITION (a membership
     /// change the current membership does not allow, e.g. promoting a node that is not a
     /// learner) is the caller's mistake like INVALID_ARGUMENT: repeating it will not help.

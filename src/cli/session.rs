@@ -430,7 +430,7 @@ async fn keep_on(
 pub fn gone(id: u64) -> CliError {
     CliError::new(
         exit::NOT_FOUND,
-        format!("lease {id} not found: it expired or was revoked"),
+        format!("lease {id} not found (expired or revoked)"),
     )
 }
 

@@ -154,7 +154,10 @@ pub async fn elect(args: ElectArgs) -> Result<(), CliError> {
         }
         _ => None,
     };
-    let outcome = follow(&args, &client, prefix, campaign.as_ref(), &mut interrupts).await;
+    let outcome = follow(&args, &client, prefix, campaign.as_ref(), &mut interrupts)
+        .await
+        // Said at once: the resignation below may take a while when the cluster is unreachable.
+        .map_err(CliError::report_now);
     if let Some(campaign) = campaign {
         campaign.resign().await;
     }

@@ -189,14 +189,16 @@ pub async fn lock(args: LockArgs) -> Result<(), CliError> {
         Waited::Failed(error) => Held::NotStarted(error),
     };
     drop(follower);
-    // COMMAND is not running any more (see `Held`): only now may the next waiter go ahead.
-    campaign.resign().await;
-    match outcome {
+    let outcome = match outcome {
         Held::Exited(0) => Ok(()),
         Held::Exited(code) | Held::Interrupted(code) => Err(CliError::quiet(code)),
-        Held::Lost(reason) => Err(lost(&args.name, reason)),
-        Held::NotStarted(error) => Err(error),
-    }
+        // Said at once: the release below may take a while when the cluster is unreachable.
+        Held::Lost(reason) => Err(lost(&args.name, reason).report_now()),
+        Held::NotStarted(error) => Err(error.report_now()),
+    };
+    // COMMAND is not running any more (see `Held`): only now may the next waiter go ahead.
+    campaign.resign().await;
+    outcome
 }
 
 fn lost(name: &str, reason: String) -> CliError {
