@@ -3,8 +3,8 @@
 //! Each locked COMMAND is a shell script that records `<who> start`, sleeps, and records
 //! `<who> end` in the key `rec` through the `raftkv` binary. The key's history (a watch from
 //! revision 1) then shows whether two holders ever overlapped: every start must be followed by
-//! the same holder's end before any other start, except for a holder killed on purpose, whose
-//! end never comes. Killing a `raftkv lock` with SIGKILL must kill its COMMAND at once (the
+//! the same holder's end before any other start, or, for a holder killed on purpose, by the
+//! `<who> killed` the test records right after the kill (and its end must never come). Killing a `raftkv lock` with SIGKILL must kill its COMMAND at once (the
 //! kernel's parent-death signal) and hand the lock on within the lease's TTL; a holder whose
 //! cluster stops answering must kill its COMMAND within 2/3 of the TTL. An election's
 //! campaigners print the same leader, and the next one once the leader dies.
@@ -100,14 +100,21 @@ fn script(who: &str, sleep: &str, pid_file: Option<&Path>) -> String {
 }
 
 /// Waits (bounded by [`RUN_LIMIT`]) for a client to exit; returns its status and stderr.
+/// COMMAND inherits the client's stderr, and a process COMMAND started may outlive both (a
+/// `sleep` whose shell was killed), so stderr is not read to its end: only what came until a
+/// moment after the exit.
 fn finish(groups: &Groups, mut child: Child) -> (ExitStatus, String) {
-    let stderr = child.stderr.take().map(|pipe| {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    if let Some(pipe) = child.stderr.take() {
+        let stderr = stderr.clone();
         std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut BufReader::new(pipe), &mut text);
-            text
-        })
-    });
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = stderr.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+    }
     let deadline = Instant::now() + RUN_LIMIT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("poll raftkv") {
@@ -121,9 +128,8 @@ fn finish(groups: &Groups, mut child: Child) -> (ExitStatus, String) {
         std::thread::sleep(Duration::from_millis(20));
     };
     groups.remove(&child);
-    let stderr = stderr
-        .map(|reader| reader.join().unwrap_or_default())
-        .unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(100));
+    let stderr = stderr.lock().unwrap().clone();
     (status, stderr)
 }
 
@@ -189,26 +195,31 @@ async fn history(cluster: &TestCluster, last: &str) -> Vec<(u64, String)> {
 }
 
 /// Checks that no two holders overlapped: each `X start` is followed by `X end` before the
-/// next start, unless X is in `killed` (its end must then never come).
-fn assert_no_overlap(history: &[(u64, String)], killed: &[&str]) {
+/// next start, or by `X killed`, which the test records right after it killed X's client (X's
+/// end must then never come).
+fn assert_no_overlap(history: &[(u64, String)]) {
     let mut holding: Option<&str> = None;
+    let mut killed = BTreeSet::new();
     for (revision, value) in history {
         let (who, what) = value
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("unexpected record {value:?}"));
+        assert!(
+            !killed.contains(who),
+            "{value:?} at revision {revision} after {who} was killed; history: {history:?}"
+        );
         match (what, holding) {
             ("start", None) => holding = Some(who),
-            ("start", Some(holder)) if killed.contains(&holder) => holding = Some(who),
             ("end", Some(holder)) if holder == who => holding = None,
+            ("killed", Some(holder)) if holder == who => {
+                killed.insert(who);
+                holding = None;
+            }
             _ => panic!(
                 "{value:?} at revision {revision} while {holding:?} held the lock; history: \
                  {history:?}"
             ),
         }
-        assert!(
-            !(what == "end" && killed.contains(&who)),
-            "the killed holder {who} still wrote its end: {history:?}"
-        );
     }
 }
 
@@ -243,7 +254,7 @@ async fn three_clients_in_loops_never_hold_the_lock_at_once() {
         cluster.put(1, REC, b"done").await.expect("last record");
         let history = history(&cluster, "done").await;
         assert_eq!(history.len(), 3 * ROUNDS * 2, "{history:?}");
-        assert_no_overlap(&history, &[]);
+        assert_no_overlap(&history);
         // Every holder released its lease, and its key with it.
         let left = cluster
             .scan_all(1, raftkv::proto::v1::Consistency::Linearizable)
@@ -289,6 +300,19 @@ async fn a_killed_holders_command_dies_with_it_and_the_next_waiter_gets_the_lock
         let victim_client = victim.id() as i32;
         let killed_at = Instant::now();
         kill(Pid::from_raw(victim_client), Signal::SIGKILL).expect("kill -9 raftkv lock");
+        // Recorded long before the victim's lease can expire: the next start must come after.
+        cluster
+            .put(1, REC, b"victim killed")
+            .await
+            .expect("kill record");
+        // Its COMMAND dies with it, at once.
+        while alive(command) {
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(1),
+                "COMMAND {command} outlived its raftkv lock by a second"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let (status, _) = tokio::task::spawn_blocking({
             let groups = groups.clone();
             move || finish(&groups, victim)
@@ -296,15 +320,6 @@ async fn a_killed_holders_command_dies_with_it_and_the_next_waiter_gets_the_lock
         .await
         .unwrap();
         assert_eq!(status.code(), None, "killed by a signal: {status}");
-        // Its COMMAND dies with it, at once.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while alive(command) {
-            assert!(
-                Instant::now() < deadline,
-                "COMMAND {command} outlived its raftkv lock by a second"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         // The next waiter gets the lock once the victim's lease expired: within ttl + 2 s.
         let seen = history_until(&cluster, "next start").await;
         let waited = killed_at.elapsed();
@@ -324,9 +339,12 @@ async fn a_killed_holders_command_dies_with_it_and_the_next_waiter_gets_the_lock
         tokio::time::sleep(Duration::from_secs(4).saturating_sub(killed_at.elapsed())).await;
         cluster.put(1, REC, b"done").await.expect("last record");
         let history = history(&cluster, "done").await;
-        assert_no_overlap(&history, &["victim"]);
+        assert_no_overlap(&history);
         let values: Vec<&str> = history.iter().map(|(_, v)| v.as_str()).collect();
-        assert_eq!(values, ["victim start", "next start", "next end"]);
+        assert_eq!(
+            values,
+            ["victim start", "victim killed", "next start", "next end"]
+        );
     })
     .await
 }
