@@ -4,10 +4,13 @@
 //! `<who> end` in the key `rec` through the `raftkv` binary. The key's history (a watch from
 //! revision 1) then shows whether two holders ever overlapped: every start must be followed by
 //! the same holder's end before any other start, or, for a holder killed on purpose, by the
-//! `<who> killed` the test records right after the kill (and its end must never come). Killing a `raftkv lock` with SIGKILL must kill its COMMAND at once (the
-//! kernel's parent-death signal) and hand the lock on within the lease's TTL; a holder whose
-//! cluster stops answering must kill its COMMAND within 2/3 of the TTL. An election's
-//! campaigners print the same leader, and the next one once the leader dies.
+//! `<who> killed` the test records right after the kill (and its end must never come).
+//!
+//! Killing a `raftkv lock` with SIGKILL must kill its COMMAND at once (the kernel's
+//! parent-death signal) and hand the lock on within the lease's TTL; a holder whose cluster
+//! stops answering must kill its COMMAND within 2/3 of the TTL, while one whose leader is
+//! killed keeps renewing through another node and keeps the lock. An election's campaigners
+//! print the same leader, and the next one once the leader dies.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -164,14 +167,19 @@ fn read_pid(path: &Path, within: Duration) -> i32 {
     }
 }
 
-/// The values `rec` took, in order, from revision 1 until `last` (bounded).
+/// The values `rec` took, in order, from revision 1 until `last` (bounded), read on node 1.
 async fn history(cluster: &TestCluster, last: &str) -> Vec<(u64, String)> {
+    history_on(cluster, 1, last).await
+}
+
+/// [`history`] read on node `id`.
+async fn history_on(cluster: &TestCluster, id: u64, last: &str) -> Vec<(u64, String)> {
     let request = WatchRequest {
         start: REC.into(),
         start_revision: 1,
         ..Default::default()
     };
-    let mut kv = cluster.kv(1).await.expect("kv");
+    let mut kv = cluster.kv(id).await.expect("kv");
     let mut stream = kv.watch(request).await.expect("watch").into_inner();
     let mut values = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -394,6 +402,43 @@ async fn a_holder_cut_off_from_the_cluster_kills_its_command_within_two_thirds_o
         assert!(stderr.contains("error: lost the lock L: "), "{stderr}");
         // The cluster is fine again; only the stopped nodes' time was lost.
         cluster.wait_for_leader(Duration::from_secs(30)).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_keeps_the_lock_across_a_leader_kill() {
+    bounded(async {
+        let mut cluster = TestCluster::start(3, &[]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let groups = Groups::new(dir.path());
+        let endpoints = cluster.endpoints().join(",");
+        let holder_script = script("holder", "6", None);
+        let holder = spawn(
+            &endpoints,
+            &groups,
+            &["lock", "L", "--ttl", "6s", "--", "sh", "-c", &holder_script],
+            Stdio::null(),
+        );
+        history_until(&cluster, "holder start").await;
+        // The keepalive stream breaks (on the leader, or on a follower forwarding to it); the
+        // renewals go on through another node once a new leader is elected.
+        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster.kill(leader);
+        let (status, stderr) = tokio::task::spawn_blocking({
+            let groups = groups.clone();
+            move || finish(&groups, holder)
+        })
+        .await
+        .unwrap();
+        assert!(status.success(), "{status}; stderr: {stderr}");
+        let survivor = cluster.others(leader)[0];
+        cluster
+            .put_retrying(survivor, REC, b"done", Duration::from_secs(30))
+            .await;
+        let history = history_on(&cluster, survivor, "done").await;
+        let values: Vec<&str> = history.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(values, ["holder start", "holder end"]);
     })
     .await
 }
