@@ -10,7 +10,8 @@
 //! parent-death signal) and hand the lock on within the lease's TTL; a holder whose cluster
 //! stops answering must kill its COMMAND within 2/3 of the TTL, while one whose leader is
 //! killed keeps renewing through another node and keeps the lock. An election's campaigners
-//! print the same leader, and the next one once the leader dies.
+//! print the same leader, and the next one once the leader dies. The `lease` commands print
+//! what they did and exit with the documented codes.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -134,6 +135,26 @@ fn finish(groups: &Groups, mut child: Child) -> (ExitStatus, String) {
     std::thread::sleep(Duration::from_millis(100));
     let stderr = stderr.lock().unwrap().clone();
     (status, stderr)
+}
+
+/// Runs `raftkv ARGS…` to its end (bounded); returns its exit code, stdout and stderr.
+async fn run(
+    endpoints: &str,
+    groups: &Arc<Groups>,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut child = spawn(endpoints, groups, args, Stdio::piped());
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut text);
+        text
+    });
+    let groups = groups.clone();
+    let (status, stderr) = tokio::task::spawn_blocking(move || finish(&groups, child))
+        .await
+        .unwrap();
+    (status.code(), stdout.join().unwrap(), stderr)
 }
 
 /// Whether process `pid` still runs (a zombie does not: it has exited, only unreaped).
@@ -439,6 +460,116 @@ async fn a_holder_keeps_the_lock_across_a_leader_kill() {
         let history = history_on(&cluster, survivor, "done").await;
         let values: Vec<&str> = history.iter().map(|(_, v)| v.as_str()).collect();
         assert_eq!(values, ["holder start", "holder end"]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_commands_say_what_they_did_and_exit_as_documented() {
+    bounded(async {
+        let cluster = TestCluster::start(3, &[]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let groups = Groups::new(dir.path());
+        let endpoints = cluster.endpoints().join(",");
+
+        let (code, out, err) = run(&endpoints, &groups, &["lease", "grant", "500ms"]).await;
+        assert_eq!(code, Some(2), "a TTL under 1 s is bad usage: {out}{err}");
+        assert!(err.contains("ttl_ms is 500"), "{err}");
+        let (code, out, _) = run(&endpoints, &groups, &["lease", "grant", "20s", "--json"]).await;
+        assert_eq!(code, Some(0));
+        let granted: serde_json::Value = serde_json::from_str(&out).expect("grant --json");
+        assert_eq!(granted["ttl_ms"], 20_000);
+        let id = granted["id"].as_u64().expect("an id").to_string();
+        let id = id.as_str();
+        let (code, out, _) = run(&endpoints, &groups, &["lease", "grant", "10s"]).await;
+        assert_eq!(code, Some(0));
+        assert!(
+            out.starts_with("lease ") && out.ends_with(" granted with ttl 10s\n"),
+            "{out}"
+        );
+
+        // Every key of a multi-key put gets the lease; an unknown lease writes nothing.
+        let (code, _, err) = run(&endpoints, &groups, &["put", "a=1", "b=2", "--lease", id]).await;
+        assert_eq!(code, Some(0), "{err}");
+        let (code, _, err) = run(
+            &endpoints,
+            &groups,
+            &["cas", "c", "--expect-revision", "0", "3", "--lease", id],
+        )
+        .await;
+        assert_eq!(code, Some(0), "{err}");
+        let (code, _, err) =
+            run(&endpoints, &groups, &["put", "z", "9", "--lease", "999999"]).await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("lease 999999 not found"), "{err}");
+        let (code, _, _) = run(&endpoints, &groups, &["get", "z"]).await;
+        assert_eq!(code, Some(1), "nothing written with an unknown lease");
+
+        let (code, out, _) = run(&endpoints, &groups, &["lease", "ttl", id, "--keys"]).await;
+        assert_eq!(code, Some(0));
+        let shown: Vec<&str> = out.lines().collect();
+        assert!(shown[0].starts_with(&format!("lease {id}: ")), "{out}");
+        assert!(shown[0].ends_with(" left of 20s"), "{out}");
+        assert_eq!(shown[1..], ["a", "b", "c"]);
+        let (code, out, _) = run(&endpoints, &groups, &["lease", "list", "--json"]).await;
+        assert_eq!(code, Some(0));
+        let list: serde_json::Value = serde_json::from_str(&out).expect("list --json");
+        let ours = list["leases"]
+            .as_array()
+            .expect("leases")
+            .iter()
+            .find(|l| l["id"] == granted["id"])
+            .unwrap_or_else(|| panic!("lease {id} listed: {out}"));
+        assert_eq!(ours["keys"], 3);
+        let (code, out, _) = run(&endpoints, &groups, &["lease", "keepalive", id, "--once"]).await;
+        assert_eq!(
+            (code, out),
+            (Some(0), format!("lease {id} kept alive; ttl 20s\n"))
+        );
+
+        // A keepalive runs until interrupted, renewing every third of the TTL.
+        let mut keeper = spawn(
+            &endpoints,
+            &groups,
+            &["lease", "keepalive", id],
+            Stdio::piped(),
+        );
+        let renewals = lines(&mut keeper);
+        assert_eq!(
+            next_line(&renewals, "keepalive").1,
+            format!("lease {id} kept alive; ttl 20s")
+        );
+        kill(Pid::from_raw(keeper.id() as i32), Signal::SIGINT).expect("Ctrl-C");
+        let (status, stderr) = tokio::task::spawn_blocking({
+            let groups = groups.clone();
+            move || finish(&groups, keeper)
+        })
+        .await
+        .unwrap();
+        assert!(status.success(), "Ctrl-C exits 0: {status}; {stderr}");
+
+        let (code, out, _) = run(&endpoints, &groups, &["lease", "revoke", id]).await;
+        assert_eq!(
+            (code, out),
+            (Some(0), format!("lease {id} revoked; 3 keys deleted\n"))
+        );
+        let (code, out, _) = run(&endpoints, &groups, &["scan"]).await;
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), ""),
+            "the lease's keys went with it"
+        );
+        let (code, _, err) = run(&endpoints, &groups, &["lease", "revoke", id]).await;
+        assert_eq!(code, Some(1), "{err}");
+        let (code, _, err) = run(&endpoints, &groups, &["lease", "ttl", id]).await;
+        assert_eq!(code, Some(1), "{err}");
+        let (code, _, err) = run(&endpoints, &groups, &["lease", "keepalive", id]).await;
+        assert_eq!(
+            code,
+            Some(1),
+            "a keepalive of a lease that is gone ends: {err}"
+        );
+        assert!(err.contains(&format!("lease {id} not found")), "{err}");
     })
     .await
 }
