@@ -25,9 +25,10 @@
 //! never written again (its name holds a lease id, and ids are never reused). So a replayed
 //! DELETE removes a key the scan already lacked, and a replayed PUT can only bring back a key
 //! that was created *and* deleted before the scan, whose DELETE follows in the same stream.
-//! When the stream breaks it is reopened on the next endpoint and the prefix scanned again. A
-//! node cut off from the leader keeps the stream open but sends nothing new, so the prefix is
-//! also scanned again every [`RESCAN_EVERY`].
+//! Only keys named `<prefix><lease id>` are handed on: a lock named `NAME/sub` shares the prefix
+//! but not the line. When the stream breaks it is reopened on the next endpoint and the prefix
+//! scanned again. A node cut off from the leader keeps the stream open but sends nothing new,
+//! so the prefix is also scanned again every [`RESCAN_EVERY`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -497,7 +498,14 @@ impl Campaign {
     }
 }
 
-/// What a [`Follower`] hands on.
+/// Whether `key` is a participant's key under `prefix`: `prefix<lease id>`. Other keys under
+/// the prefix (those of a lock named `NAME/sub`, say, or written by hand) are not in line.
+pub fn is_participant(prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// What a [`Follower`] hands on: only participants' keys (see [`is_participant`]).
 #[derive(Debug)]
 pub enum Update {
     /// Every key under the prefix, read linearizably after the watch was open: replaces what
@@ -592,7 +600,10 @@ async fn follow_on(
     loop {
         // The watch is open: what the scan misses, it has.
         let snapshot = match scan_all(client, &Range::prefix(prefix)).await {
-            Ok(snapshot) => snapshot,
+            Ok(mut snapshot) => {
+                snapshot.retain(|kv| is_participant(prefix, &kv.key));
+                snapshot
+            }
             Err(error) if error.code == exit::UNAVAILABLE => {
                 return Stop::Broken(format!("scan: {}", error.message))
             }
@@ -619,9 +630,9 @@ async fn follow_on(
                 // again from now and scanning again covers it.
                 return Stop::from(Failed::Retry(Status::unavailable(response.cancel_reason)));
             }
-            if !response.events.is_empty()
-                && out.send(Ok(Update::Events(response.events))).await.is_err()
-            {
+            let mut events = response.events;
+            events.retain(|e| is_participant(prefix, &e.key));
+            if !events.is_empty() && out.send(Ok(Update::Events(events))).await.is_err() {
                 return Stop::Ended(None);
             }
         }
@@ -663,6 +674,15 @@ impl Interrupts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_keys_named_by_a_lease_id_take_part() {
+        assert!(is_participant("L/", "L/7"));
+        assert!(is_participant("L/", "L/18446744073709551615"));
+        for other in ["L/", "L/sub/7", "L/7x", "Lx/7", "M/7"] {
+            assert!(!is_participant("L/", other), "{other}");
+        }
+    }
 
     #[test]
     fn a_lease_is_safe_for_two_thirds_of_its_ttl_after_the_renewal_was_sent() {

@@ -259,6 +259,29 @@ async fn three_clients_in_loops_never_hold_the_lock_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let groups = Groups::new(dir.path());
         const ROUNDS: usize = 4;
+        // Another lock whose name starts with "L/" is held all along: its key L/sub/<id> is
+        // under L's prefix and older than every L waiter's, but not in L's line.
+        let nested_pid = dir.path().join("nested.pid");
+        let nested_script = format!(
+            "echo $$ >> \"$PGIDS\"; echo $$ > '{}'; exec sleep 120",
+            nested_pid.display()
+        );
+        let nested = spawn(
+            &cluster.endpoints().join(","),
+            &groups,
+            &[
+                "lock",
+                "L/sub",
+                "--ttl",
+                "3s",
+                "--",
+                "sh",
+                "-c",
+                &nested_script,
+            ],
+            Stdio::null(),
+        );
+        let nested_command = read_pid(&nested_pid, Duration::from_secs(30));
         let mut workers = Vec::new();
         for worker in ["a", "b", "c"] {
             let (endpoints, groups) = (cluster.endpoints().join(","), groups.clone());
@@ -284,6 +307,19 @@ async fn three_clients_in_loops_never_hold_the_lock_at_once() {
         let history = history(&cluster, "done").await;
         assert_eq!(history.len(), 3 * ROUNDS * 2, "{history:?}");
         assert_no_overlap(&history);
+        // SIGTERM to a holder kills its COMMAND and releases the lock: exit 143.
+        kill(Pid::from_raw(nested.id() as i32), Signal::SIGTERM).expect("SIGTERM L/sub");
+        let (status, stderr) = tokio::task::spawn_blocking({
+            let groups = groups.clone();
+            move || finish(&groups, nested)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.code(), Some(143), "{status}; {stderr}");
+        assert!(
+            !alive(nested_command),
+            "the SIGTERMed holder's COMMAND is gone"
+        );
         // Every holder released its lease, and its key with it.
         let left = cluster
             .scan_all(1, raftkv::proto::v1::Consistency::Linearizable)
