@@ -44,7 +44,9 @@ fn main() -> ExitCode {
     match runtime.block_on(raftkv::cli::run(cli.command)) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
             ExitCode::from(e.code)
         }
     }

@@ -1,6 +1,6 @@
 //! Text forms that the CLI and the HTTP gateway share: durations as people write them
-//! (`500ms`, `5m`), values shown as text or JSON, and watch events as JSON (`raftkv watch
-//! --json` and the gateway's `/watch` print the same objects).
+//! (`500ms`, `5m`) and as the CLI prints them back, values shown as text or JSON, and watch
+//! events as JSON (`raftkv watch --json` and the gateway's `/watch` print the same objects).
 
 use std::time::Duration;
 
@@ -27,6 +27,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h"))?;
     Ok(Duration::from_millis(millis))
+}
+
+/// A duration as [`parse_duration`] reads it back, in the largest unit that is exact: `10s`,
+/// `5m`, `1h`, `1500ms` (`0ms` for zero). Sub-millisecond parts are dropped.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    match millis {
+        0 => "0ms".to_string(),
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
+    }
 }
 
 /// How values are shown to people and to scripts. The store holds arbitrary bytes, while the
@@ -123,6 +136,23 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         for bad in ["", "s", "5x", "-1s", "1.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_exact_unit_and_read_back() {
+        for (millis, text) in [
+            (0, "0ms"),
+            (250, "250ms"),
+            (1500, "1500ms"),
+            (10_000, "10s"),
+            (90_000, "90s"),
+            (120_000, "2m"),
+            (7_200_000, "2h"),
+        ] {
+            let duration = Duration::from_millis(millis);
+            assert_eq!(format_duration(duration), text);
+            assert_eq!(parse_duration(text).unwrap(), duration);
         }
     }
 

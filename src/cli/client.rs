@@ -20,8 +20,9 @@ use super::token::SendToken;
 use super::{exit, ClientOpts};
 use crate::transport::{self, ConnectError};
 
-/// A failed client command: the exit code and a one-line message.
-#[derive(Debug)]
+/// A failed client command: the exit code and a one-line message (empty for an exit that has
+/// already said why, such as `raftkv lock` passing on its COMMAND's exit code).
+#[derive(Debug, Clone)]
 pub struct CliError {
     pub code: u8,
     pub message: String,
@@ -33,6 +34,21 @@ impl CliError {
             code,
             message: message.into(),
         }
+    }
+
+    /// Exit with `code` and print nothing more: the command has reported the outcome itself.
+    pub fn quiet(code: u8) -> Self {
+        Self::new(code, String::new())
+    }
+
+    /// Prints the error now, as `main` would at the exit (`error: …` on stderr), and returns
+    /// its quiet form: for a command that still has cleaning up to do before it exits, during
+    /// which the reason must already be visible.
+    pub fn report_now(self) -> Self {
+        if !self.message.is_empty() {
+            eprintln!("error: {}", self.message);
+        }
+        Self::quiet(self.code)
     }
 
     /// Maps a server's answer to the exit codes of [`exit`]. FAILED_PRECONDITION (a membership
@@ -54,6 +70,18 @@ impl CliError {
                     "not authenticated: {}; raftkv sends a token with --token-file PATH \
                      (or --token, RAFTKV_TOKEN_FILE, RAFTKV_TOKEN)",
                     status.message()
+                ),
+            );
+        }
+        if status.message().is_empty() {
+            // Some answers carry no message (UNIMPLEMENTED from a node that predates a
+            // service, for one): name the code, so the error line is never blank.
+            return Self::new(
+                code,
+                format!(
+                    "the server answered {:?}: {}",
+                    status.code(),
+                    status.code().description()
                 ),
             );
         }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod session;
 pub mod token;
 
 use std::path::PathBuf;
@@ -59,6 +60,14 @@ pub enum Command {
     Watch(commands::WatchArgs),
     /// Write or delete a key only if its revision or value is the expected one.
     Cas(commands::CasArgs),
+    /// Leases: TTLs kept alive by clients, with keys attached (grant, revoke, ttl, list,
+    /// keepalive).
+    #[command(subcommand)]
+    Lease(commands::LeaseCommand),
+    /// Run a command while holding a cluster-wide lock; the lock goes with this client.
+    Lock(commands::LockArgs),
+    /// Campaign to lead a name, printing the leader's value each time it changes.
+    Elect(commands::ElectArgs),
     /// One node's counters and Raft state.
     Metrics(commands::MetricsArgs),
     /// Cluster status and membership changes.
@@ -189,6 +198,9 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         Command::Scan(args) => commands::scan(args).await,
         Command::Watch(args) => commands::watch(args).await,
         Command::Cas(args) => commands::cas(args).await,
+        Command::Lease(command) => commands::lease(command).await,
+        Command::Lock(args) => commands::lock(args).await,
+        Command::Elect(args) => commands::elect(args).await,
         Command::Metrics(args) => commands::metrics(args).await,
         Command::Cluster(command) => commands::cluster(command).await,
         Command::Status(args) => commands::status(args).await,

@@ -19,6 +19,7 @@ mod http_watch;
 mod idempotency;
 mod lease;
 mod linearizability;
+mod lock;
 mod ops;
 #[cfg(feature = "failpoints")]
 mod snapshot_install_crash;

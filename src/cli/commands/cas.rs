@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 
+use super::lease::parse_lease_id;
 use super::{emit_line, kv, ttl_ms, usage};
 use crate::cli::client::{idempotency_key, write_request, CliError, Client};
 use crate::cli::{exit, ClientOpts};
@@ -55,6 +56,11 @@ pub struct CasArgs {
     #[arg(long, value_parser = parse_duration, conflicts_with = "delete")]
     pub ttl: Option<Duration>,
 
+    /// Attach the written key to lease ID (`raftkv lease grant`): it is deleted when the lease
+    /// expires or is revoked. A lease that does not exist exits 1 and writes nothing.
+    #[arg(long, value_name = "ID", value_parser = parse_lease_id, conflicts_with = "delete")]
+    pub lease: Option<u64>,
+
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -71,7 +77,7 @@ fn cas_request(args: &CasArgs) -> Result<CompareAndSwapRequest, CliError> {
         }
     };
     Ok(CompareAndSwapRequest {
-        lease: 0,
+        lease: args.lease.unwrap_or(0),
         key: args.key.clone(),
         expected: Some(expected),
         value: args.value.clone().unwrap_or_default().into_bytes(),

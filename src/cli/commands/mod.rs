@@ -1,5 +1,6 @@
 //! Every subcommand: `serve` and `playground` run nodes, `bench` loads a cluster, the rest are
-//! client commands (put, get, del, scan, cas, watch, metrics, status, cluster membership, health).
+//! client commands (put, get, del, scan, cas, watch, metrics, status, cluster membership, health,
+//! leases, and `lock` and `elect`, which build on leases through [`crate::cli::session`]).
 //!
 //! Each command parses its arguments into a request, sends it through [`Client`] (which fails
 //! over between endpoints) and prints the answer: plain text for people, or with `--json` one
@@ -17,14 +18,17 @@ mod cas;
 mod certs;
 mod cluster;
 mod del;
+mod elect;
 mod get;
 mod health;
+mod lease;
+mod lock;
 mod metrics;
 mod playground;
 mod put;
-mod scan;
+pub(crate) mod scan;
 mod serve;
-mod watch;
+pub(crate) mod watch;
 
 pub use bench::{run as bench, BenchArgs};
 pub use cas::{cas, CasArgs};
@@ -34,8 +38,11 @@ pub use cluster::{
     StatusArgs,
 };
 pub use del::{del, DelArgs};
+pub use elect::{elect, ElectArgs};
 pub use get::{get, GetArgs};
 pub use health::{health, HealthArgs};
+pub use lease::{lease, LeaseCommand};
+pub use lock::{lock, LockArgs};
 pub use metrics::{format_metrics, metrics, MetricsArgs};
 pub use playground::{run as playground, PlaygroundArgs};
 pub use put::{plan_put, put, PutArgs, PutPlan, ValueSource};
@@ -53,7 +60,7 @@ use super::exit;
 use crate::proto::v1::kv_client::KvClient;
 use crate::proto::v1::{BatchOp, BatchRequest, Consistency};
 
-fn kv(channel: Connection) -> KvClient<Connection> {
+pub(crate) fn kv(channel: Connection) -> KvClient<Connection> {
     KvClient::new(channel)
         .max_decoding_message_size(Client::max_message_bytes())
         .max_encoding_message_size(Client::max_message_bytes())

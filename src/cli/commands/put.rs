@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::lease::parse_lease_id;
 use super::{batch, emit_line, kv, ttl_ms, usage};
 use crate::cli::client::{idempotency_key, write_request, CliError, Client};
 use crate::cli::ClientOpts;
@@ -38,6 +39,8 @@ has to come from stdin or a file.
 --file takes exactly one argument, the KEY. Any other mix (pairs with plain words, pairs with
 --file, more than KEY VALUE) is rejected with exit code 2.
 
+--ttl and --lease apply to every key the command writes.
+
 Prints `OK revision=N` (`OK revision=N keys=M` for a batch): N is the Raft log index that applied
 the write.")]
 pub struct PutArgs {
@@ -52,6 +55,11 @@ pub struct PutArgs {
     /// Expire every key written after this long (e.g. 500ms, 30s, 5m, 1h).
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
+
+    /// Attach every key written to lease ID (`raftkv lease grant`): they are deleted when it
+    /// expires or is revoked. A lease that does not exist exits 1 and writes nothing.
+    #[arg(long, value_name = "ID", value_parser = parse_lease_id)]
+    pub lease: Option<u64>,
 
     #[command(flatten)]
     pub client: ClientOpts,
@@ -150,31 +158,41 @@ fn read_value(key: &str, source: ValueSource) -> Result<Vec<u8>, CliError> {
 
 pub async fn put(args: PutArgs) -> Result<(), CliError> {
     let plan = plan_put(&args.args, args.file.as_deref()).map_err(usage)?;
-    let ttl_ms = ttl_ms(args.ttl);
+    let attach = Attach {
+        ttl_ms: ttl_ms(args.ttl),
+        lease: args.lease.unwrap_or(0),
+    };
     let client = Client::new(&args.client)?;
     match plan {
         PutPlan::One { key, value } => {
             let value = read_value(&key, value)?;
-            put_one(&client, key, value, ttl_ms).await
+            put_one(&client, key, value, attach).await
         }
-        PutPlan::Many(pairs) => put_many(&client, pairs, ttl_ms).await,
+        PutPlan::Many(pairs) => put_many(&client, pairs, attach).await,
     }
+}
+
+/// What every key of one `raftkv put` gets besides its value: a TTL and a lease (0: none).
+#[derive(Debug, Clone, Copy)]
+struct Attach {
+    ttl_ms: u64,
+    lease: u64,
 }
 
 async fn put_one(
     client: &Client,
     key: String,
     value: Vec<u8>,
-    ttl_ms: u64,
+    attach: Attach,
 ) -> Result<(), CliError> {
     let idempotency = idempotency_key();
     let response = client
         .call(|channel, remaining| {
             let message = PutRequest {
-                lease: 0,
+                lease: attach.lease,
                 key: key.clone(),
                 value: value.clone(),
-                ttl_ms,
+                ttl_ms: attach.ttl_ms,
             };
             let idempotency = &idempotency;
             async move {
@@ -190,17 +208,17 @@ async fn put_one(
 async fn put_many(
     client: &Client,
     pairs: Vec<(String, String)>,
-    ttl_ms: u64,
+    attach: Attach,
 ) -> Result<(), CliError> {
     let count = pairs.len();
     let ops: Vec<BatchOp> = pairs
         .into_iter()
         .map(|(key, value)| BatchOp {
             op: Some(Op::Put(PutRequest {
-                lease: 0,
+                lease: attach.lease,
                 key,
                 value: value.into_bytes(),
-                ttl_ms,
+                ttl_ms: attach.ttl_ms,
             })),
         })
         .collect();

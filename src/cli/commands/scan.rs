@@ -73,10 +73,57 @@ struct ScanEnd {
     next_start: String,
 }
 
+/// What a scan reads page after page, and how: `raftkv scan`'s flags, and what `lock` and
+/// `elect` read of their prefix.
+pub(crate) struct Range {
+    pub start: String,
+    pub end: String,
+    pub prefix: String,
+    pub limit: Option<u64>,
+    pub keys_only: bool,
+    pub stale: bool,
+}
+
+impl Range {
+    fn of(args: &ScanArgs) -> Self {
+        Self {
+            start: args.start.clone().unwrap_or_default(),
+            end: args.end.clone().unwrap_or_default(),
+            prefix: args.prefix.clone().unwrap_or_default(),
+            limit: args.limit,
+            keys_only: args.keys_only,
+            stale: args.stale,
+        }
+    }
+
+    /// Every key under `prefix`, with values, read linearizably.
+    pub(crate) fn prefix(prefix: &str) -> Self {
+        Self {
+            start: String::new(),
+            end: String::new(),
+            prefix: prefix.to_string(),
+            limit: None,
+            keys_only: false,
+            stale: false,
+        }
+    }
+}
+
+/// Every key of `range` (a page per request), in key order.
+pub(crate) async fn scan_all(client: &Client, range: &Range) -> Result<Vec<KeyValue>, CliError> {
+    let mut all = Vec::new();
+    scan_pages(client, range, |page| {
+        all.extend_from_slice(page);
+        Ok(())
+    })
+    .await?;
+    Ok(all)
+}
+
 pub async fn scan(args: ScanArgs) -> Result<(), CliError> {
     let client = Client::new(&args.client)?;
     let mut collected = Vec::new();
-    let end = scan_pages(&client, &args, |page| {
+    let end = scan_pages(&client, &Range::of(&args), |page| {
         if args.json {
             collected.extend(page.iter().map(|kv| key_value_json(kv, args.keys_only)));
             Ok(())
@@ -110,10 +157,10 @@ pub async fn scan(args: ScanArgs) -> Result<(), CliError> {
 /// to `sink` as it arrives (so text output streams instead of waiting for the whole range).
 async fn scan_pages(
     client: &Client,
-    args: &ScanArgs,
+    args: &Range,
     mut sink: impl FnMut(&[KeyValue]) -> Result<(), CliError>,
 ) -> Result<ScanEnd, CliError> {
-    let mut start = args.start.clone().unwrap_or_default();
+    let mut start = args.start.clone();
     let mut count = 0u64;
     loop {
         let want = args
@@ -146,14 +193,14 @@ async fn scan_pages(
 
 async fn scan_page(
     client: &Client,
-    args: &ScanArgs,
+    args: &Range,
     start: &str,
     limit: u64,
 ) -> Result<crate::proto::v1::ScanResponse, CliError> {
     let message = ScanRequest {
         start: start.to_string(),
-        end: args.end.clone().unwrap_or_default(),
-        prefix: args.prefix.clone().unwrap_or_default(),
+        end: args.end.clone(),
+        prefix: args.prefix.clone(),
         limit: u32::try_from(limit).unwrap_or(u32::MAX),
         keys_only: args.keys_only,
         consistency: consistency(args.stale),

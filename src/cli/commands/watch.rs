@@ -86,7 +86,8 @@ pub async fn watch(args: WatchArgs) -> Result<(), CliError> {
     }
 }
 
-enum Failed {
+/// How a watch failed: for good, or in a way another try (on another endpoint) may get past.
+pub(crate) enum Failed {
     Final(CliError),
     Retry(Status),
 }
@@ -131,7 +132,8 @@ async fn watch_on(
 }
 
 /// Whether to try again (the node failed, stopped, or this watcher fell behind) or give up.
-fn classify(status: Status) -> Failed {
+/// Also how `lock`, `elect` and `lease keepalive` judge their streams' failures.
+pub(crate) fn classify(status: Status) -> Failed {
     match status.code() {
         Code::Unavailable
         | Code::DeadlineExceeded
