@@ -18,7 +18,9 @@ acknowledged write, while the script injects, one after another:
   5. restart of the whole cluster       compose stop + start; time until writable again
 Then it stops the writer, waits for every node to apply the whole log, and reads every
 acknowledged key from every node (stale reads, i.e. each node's own copy). It fails if any is
-missing or has another value, and prints a summary table.
+missing or has another value, and prints a summary table. Throughout, `raftkv lease keepalive`
+renews a 30 s lease holding one key: the test also fails if any fault expired it, or if the key
+outlives the lease's revoke at the end.
 
 With --tls the same test runs against the TLS variant (scripts/cluster-up.sh --tls: client
 certificates required, mutual TLS between the nodes): every raftkv call carries the
@@ -105,6 +107,7 @@ run_id=$(date +%s)-$$
 started_cluster=0
 writer_pid=""
 monitor_pid=""
+keepalive_pid=""
 paused_node=""
 disconnected_node=""
 disconnected_network=""
@@ -129,6 +132,10 @@ cleanup() {
     touch "$stop_file"
     stop_process "$writer_pid" 5
     stop_process "$monitor_pid" 5
+    if [[ -n $keepalive_pid ]]; then
+        kill "$keepalive_pid" 2>/dev/null
+        wait "$keepalive_pid" 2>/dev/null
+    fi
     if [[ -n $paused_node ]]; then
         log "cleanup: unpausing node$paused_node"
         docker unpause "$(cid "$paused_node")" >/dev/null 2>&1
@@ -393,6 +400,18 @@ writer_pid=$!
 monitor &
 monitor_pid=$!
 log "writer started (keys fo/$run_id/N); letting it run ${settle}s"
+
+# A lease renewed by `raftkv lease keepalive` through every fault: no failover, pause, partition
+# or restart may expire it, so the key attached to it must outlive them all.
+lease_key=lease-check/$run_id
+lease_id=$(raftkv lease grant 30s --json --endpoints "$ALL_ENDPOINTS" --timeout 10s |
+    grep -o '"id": *[0-9]*' | grep -o '[0-9]*$') || die "raftkv lease grant 30s failed"
+raftkv put "$lease_key" held --lease "$lease_id" --endpoints "$ALL_ENDPOINTS" --timeout 10s \
+    >/dev/null || die "the put of $lease_key with lease $lease_id failed"
+raftkv lease keepalive "$lease_id" --endpoints "$ALL_ENDPOINTS" >"$work/keepalive.out" \
+    2>"$work/keepalive.err" &
+keepalive_pid=$!
+log "lease $lease_id (ttl 30s) holds $lease_key, renewed in the background"
 sleep "$settle"
 
 # 1. Kill the leader.
@@ -513,6 +532,22 @@ writer_pid=""
 stop_process "$monitor_pid" 10
 monitor_pid=""
 
+kill -0 "$keepalive_pid" 2>/dev/null ||
+    die "raftkv lease keepalive $lease_id ended during the faults: $(tail -n 1 "$work/keepalive.err")"
+raftkv get "$lease_key" --endpoints "$ALL_ENDPOINTS" --timeout 10s >/dev/null ||
+    die "the key of lease $lease_id, renewed throughout, did not outlive the faults"
+kill "$keepalive_pid" 2>/dev/null
+wait "$keepalive_pid" 2>/dev/null || true
+keepalive_pid=""
+renewals=$(grep -c 'kept alive' "$work/keepalive.out" || true)
+raftkv lease revoke "$lease_id" --endpoints "$ALL_ENDPOINTS" --timeout 10s >/dev/null ||
+    die "raftkv lease revoke $lease_id failed"
+code=0
+raftkv get "$lease_key" --endpoints "$ALL_ENDPOINTS" --timeout 10s >/dev/null 2>&1 || code=$?
+((code == 1)) || die "$lease_key: exit $code after its lease was revoked, expected 1 (not found)"
+lease_result="lease $lease_id kept through every fault ($renewals renewals); its key went with the revoke"
+log "  $lease_result"
+
 wait_cluster_ready 60
 target=""
 until target=$(leader_commit); do sleep 0.2; done
@@ -586,6 +621,7 @@ printf '  %-42s %s\n' "writes acknowledged" "$n_acked"
 printf '  %-42s %s\n' "writes failed (outcome unknown)" "$n_failed"
 printf '  %-42s %s\n' "acknowledged writes lost" "$lost"
 printf '  %-42s %s\n' "acknowledged writes unreadable" "$unreadable"
+printf '  %-42s %s\n' "lease (ttl 30s) renewed throughout" "$lease_result"
 printf '  %-42s %s\n' "total time" "$((SECONDS - test_start))s"
 echo
 

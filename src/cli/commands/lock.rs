@@ -2,9 +2,10 @@
 //! of the cluster holds at a time (etcd's lock recipe, on a lease and a watch).
 //!
 //! 1. Grant a lease (`--ttl`) and keep it alive in the background ([`Campaign`]).
-//! 2. Write `NAME/<lease id>` with that lease. Its revision R is this waiter's place in line.
-//! 3. Watch `NAME/`, then scan it: the waiters ahead are the keys with a revision below R
-//!    ([`Line`]). Wait for their DELETE events (a holder revoking its lease when done, or its
+//! 2. Write `NAME/<lease id>` with that lease. Its revision R, then its key, is this waiter's
+//!    place in line: writes of several clients can share one log entry (group commit), and so
+//!    one revision, and the key breaks the tie the same way for every waiter.
+//! 3. Watch `NAME/`, then scan it: the waiters ahead are the keys before (R, key) ([`Line`]). Wait for their DELETE events (a holder revoking its lease when done, or its
 //!    lease expiring after its client died) until none is left. Keys are never written again
 //!    once deleted, so the line only ever gets shorter and replayed events cannot lengthen it.
 //! 4. Run COMMAND. While it runs the lease must stay certainly alive: when no renewal was
@@ -52,7 +53,8 @@ it through this client), with these in its environment:
   RAFTKV_LOCK_KEY       the lock's key (NAME/<lease id>)
   RAFTKV_LOCK_LEASE     the lease id: attach keys to it (`raftkv put --lease`) to have them
                         deleted when the lock is lost or released
-  RAFTKV_LOCK_REVISION  the key's revision: larger for every later holder, a fencing token
+  RAFTKV_LOCK_REVISION  the key's revision: never smaller for a later holder (two waiters whose
+                        keys were written in one log entry share it), a fencing token
 
 Safety: if this client is killed (even with kill -9), the kernel kills COMMAND with it (Linux,
 PR_SET_PDEATHSIG; processes COMMAND started itself are not covered), and the next waiter gets the
@@ -116,7 +118,10 @@ impl Line {
         self.ahead = Some(
             snapshot
                 .iter()
-                .filter(|kv| kv.key != self.own && kv.revision < self.revision)
+                .filter(|kv| {
+                    kv.key != self.own
+                        && (kv.revision, kv.key.as_str()) < (self.revision, self.own.as_str())
+                })
                 .map(|kv| kv.key.clone())
                 .collect(),
         );
@@ -464,6 +469,18 @@ mod tests {
         assert!(!line.acquired());
         line.apply(&[delete("L/10", 53)]).unwrap();
         assert!(line.acquired());
+    }
+
+    #[test]
+    fn keys_written_in_one_entry_are_in_line_by_key() {
+        // Group commit put both waiters' keys in the entry at revision 30.
+        let mut first = Line::new("L/10".into(), 30);
+        let mut second = Line::new("L/9".into(), 30);
+        let scan = [key("L/10", 30), key("L/9", 30)];
+        first.reset(&scan).unwrap();
+        second.reset(&scan).unwrap();
+        assert!(first.acquired(), "\"L/10\" < \"L/9\": first in line");
+        assert!(!second.acquired(), "both held the lock at once");
     }
 
     #[test]
