@@ -25,9 +25,6 @@ pub async fn run(raft: Raft, clocks: Arc<LeaseClocks>) {
         if due.is_empty() {
             continue;
         }
-        // `lease-expiry-skip` (`return`) ends this task before it proposes anything, so that a
-        // test can see a lease outlive its countdown when no revocation is proposed.
-        fail::fail_point!("lease-expiry-skip", |_| ());
         let revocations = due.into_iter().map(|id| {
             let raft = raft.clone();
             let clocks = clocks.clone();
