@@ -471,10 +471,22 @@ async fn a_holder_keeps_the_lock_across_a_leader_kill() {
         let groups = Groups::new(dir.path());
         let endpoints = cluster.endpoints().join(",");
         let holder_script = script("holder", "6", None);
+        // A holder gives up when no renewal is confirmed for 2/3 of the TTL, and renews every
+        // third: the TTL must be well over three times the failover (3-4 s, up to 8 s when an
+        // election is delayed; docs/limitations.md).
         let holder = spawn(
             &endpoints,
             &groups,
-            &["lock", "L", "--ttl", "6s", "--", "sh", "-c", &holder_script],
+            &[
+                "lock",
+                "L",
+                "--ttl",
+                "30s",
+                "--",
+                "sh",
+                "-c",
+                &holder_script,
+            ],
             Stdio::null(),
         );
         history_until(&cluster, "holder start").await;

@@ -51,8 +51,10 @@ pub struct ElectArgs {
     #[arg(long)]
     pub listen: bool,
 
-    /// The campaign lease's TTL: how long after this client dies the next one leads.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// The campaign lease's TTL: how long after this client dies the next one leads. A leader
+    /// that sees no renewal confirmed for 2/3 of it gives up, so a cluster failover longer than
+    /// about a third of it costs the leadership.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub ttl: Duration,
 
     #[command(flatten)]

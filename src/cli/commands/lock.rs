@@ -61,6 +61,9 @@ PR_SET_PDEATHSIG; processes COMMAND started itself are not covered), and the nex
 lock once the lease has expired, within --ttl of the last renewal. If renewals of the lease
 fail for 2/3 of --ttl (the cluster is unreachable, this machine was stopped), the lease may be
 gone, so the whole process group of COMMAND is killed with SIGKILL and the lock is reported lost.
+Renewals go every third of --ttl, so a leader change costs the lock only when the cluster needs
+more than about --ttl/3 to elect a new leader (3-4 s with the default election timeout, up to
+8 s; see docs/limitations.md): keep --ttl well above three times that.
 
 Exit codes:
   COMMAND's own      when it exits (128+N when it was killed by signal N)
@@ -83,8 +86,9 @@ pub struct LockArgs {
     )]
     pub command: Vec<String>,
 
-    /// The lease's TTL: how long after this client dies the next waiter gets the lock.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// The lease's TTL: how long after this client dies the next waiter gets the lock. A leader
+    /// change that takes more than about a third of it costs the lock (see below).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub ttl: Duration,
 
     #[command(flatten)]
@@ -536,7 +540,7 @@ mod tests {
         // Without `--`, everything from the first word after NAME is COMMAND's too.
         let args = parse(&["L", "ls", "-l", "--ttl", "1s"]).unwrap();
         assert_eq!(args.command, ["ls", "-l", "--ttl", "1s"]);
-        assert_eq!(args.ttl, Duration::from_secs(10));
+        assert_eq!(args.ttl, Duration::from_secs(15));
         assert!(parse(&["L"]).is_err(), "COMMAND is required");
     }
 
