@@ -110,7 +110,7 @@ impl KvService {
     }
 
     /// The leader this node knows of, unless it is this node itself.
-    pub(crate) fn remote_leader(&self) -> Option<Redirect> {
+    fn remote_leader(&self) -> Option<Redirect> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
@@ -136,7 +136,7 @@ impl KvService {
     }
 
     /// Waits until this node may serve a linearizable read from its map.
-    pub(crate) async fn linearize(&self) -> Result<(), Redirect> {
+    async fn linearize(&self) -> Result<(), Redirect> {
         match tokio::time::timeout(self.timeout, self.read_index.wait()).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Redirect::Fail(timed_out(
@@ -147,7 +147,7 @@ impl KvService {
     }
 
     /// Sends a request this node cannot serve to the leader, unless it was itself forwarded.
-    pub(crate) async fn redirect<Req, Resp, Fut>(
+    async fn redirect<Req, Resp, Fut>(
         &self,
         redirect: Redirect,
         forwarded: bool,
@@ -212,7 +212,7 @@ impl KvService {
 
     /// The read path shared by every reading call: stale reads are local; linearizable reads
     /// go to the leader, which confirms its leadership before reading its map.
-    async fn read<Req, Resp, Fut>(
+    pub(crate) async fn read<Req, Resp, Fut>(
         &self,
         forwarded: bool,
         req: Req,
@@ -244,7 +244,7 @@ impl KvService {
     }
 
     /// Counts a client's request; a forwarded copy was counted where the client sent it.
-    pub(crate) fn count(&self, forwarded: bool, op: Op) {
+    fn count(&self, forwarded: bool, op: Op) {
         if !forwarded {
             self.counters.count(op);
         }
@@ -319,7 +319,7 @@ fn moved(redirect: Redirect) -> Status {
     }
 }
 
-fn unexpected(result: &CommandResult) -> Status {
+pub(crate) fn unexpected(result: &CommandResult) -> Status {
     Status::internal(format!("unexpected apply result {result:?}"))
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::kv::{lease_not_found, KvService};
+use super::kv::{lease_not_found, unexpected, KvService};
 use crate::lease::{LeaseClocks, NotLeader};
 use crate::proto::raft_v1::KvMethod;
 use crate::proto::v1 as pb;
@@ -66,8 +66,9 @@ impl LeaseService {
         LeaseServer::from_arc(service)
     }
 
-    /// Runs `local` on the leader once it has confirmed its leadership; a follower forwards the
-    /// request (with `Forward.Calls` when `batched`, else `Forward.Call`).
+    /// Runs `local` on the leader once it has confirmed its leadership (the KV service's
+    /// linearizable read path); a follower forwards the request (with `Forward.Calls` when
+    /// `batched`, else `Forward.Call`).
     async fn on_leader<Req, Resp>(
         &self,
         forwarded: bool,
@@ -87,13 +88,10 @@ impl LeaseService {
                 f.call_alone(&leader, method, &r).await
             }
         };
-        if let Some(redirect) = self.kv.remote_leader() {
-            return self.kv.redirect(redirect, forwarded, req, forward).await;
-        }
-        if let Err(redirect) = self.kv.linearize().await {
-            return self.kv.redirect(redirect, forwarded, req, forward).await;
-        }
-        local(req).map(Response::new)
+        let linearizable = pb::Consistency::Linearizable as i32;
+        self.kv
+            .read(forwarded, req, linearizable, local, forward)
+            .await
     }
 
     /// One renewal, as a KeepAlive stream's request or as a forwarded call.
@@ -155,10 +153,6 @@ impl LeaseService {
 
 fn lost_leadership(_: NotLeader) -> Status {
     Status::unavailable("this node stopped leading while renewing; retry")
-}
-
-fn unexpected(result: &CommandResult) -> Status {
-    Status::internal(format!("unexpected apply result {result:?}"))
 }
 
 type Forwarded<Resp> = Pin<Box<dyn Future<Output = Result<Resp, Status>> + Send>>;
